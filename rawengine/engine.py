@@ -1,0 +1,202 @@
+"""The engine: owns backend, model and KV cache; plans each step's metadata once and runs
+the model; generation is a generator over steps (prefill in chunks, then batched decode)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .backends import make_backend
+from .backends.base import StepMeta
+from .config import ModelConfig
+from .errors import RawEngineError
+from .kv_cache import KVCache
+from .models import load_model
+from .sampling import SamplingParams, sample
+
+DEFAULT_MAX_MODEL_LEN = 8192
+
+
+@dataclasses.dataclass
+class Sequence:
+    token_ids: list[int]
+    params: SamplingParams
+    index: int = 0  # position in the request list
+    num_prompt: int = 0
+    num_cached: int = 0  # tokens whose K/V are already in the cache
+    block_table: list[int] = dataclasses.field(default_factory=list)
+    finished: bool = False  # set by the engine (EOS, max tokens) or the caller (stop string)
+    finish_reason: str | None = None
+    rng: np.random.Generator | None = None
+
+    def __post_init__(self):
+        self.num_prompt = len(self.token_ids)
+        self.rng = np.random.default_rng(self.params.seed)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt:]
+
+
+@dataclasses.dataclass
+class Stats:
+    prompt_tokens: int = 0
+    prefill_s: float = 0.0
+    generated_tokens: int = 0
+    decode_s: float = 0.0
+    decode_steps: int = 0
+    first_token_s: float = 0.0
+
+
+class Engine:
+    def __init__(self, model_path: str | Path, *, device: str = "auto", dtype: str | None = None,
+                 max_model_len: int | None = None, max_num_seqs: int = 8,
+                 block_size: int | None = None, prefill_chunk: int = 512,
+                 use_graphs: bool = True):
+        self.cfg = cfg = ModelConfig.from_dir(model_path)
+        self.backend = make_backend(device, dtype, cfg)
+        limit = cfg.max_position_embeddings
+        if cfg.sliding_window:  # attention is full, so stay inside the window
+            limit = min(limit, cfg.sliding_window)
+        self.max_model_len = min(limit, max_model_len or DEFAULT_MAX_MODEL_LEN)
+        self.model = load_model(model_path, self.backend, self.max_model_len)
+        self.block_size = block_size or self.backend.default_block_size
+        self.max_num_seqs, self.prefill_chunk = max_num_seqs, prefill_chunk
+        blocks_per_seq = -(-self.max_model_len // self.block_size)
+        self.max_blocks_per_seq = blocks_per_seq
+        # the last block is scratch: padded rows of a captured batch write there
+        self.kv = KVCache(self.backend, cfg, blocks_per_seq * max_num_seqs + 1, self.block_size)
+        self.scratch_block = self.kv.allocator.allocate(1)[0]
+        self.graphs = None
+        if use_graphs and getattr(self.backend, "supports_graphs", False):
+            from .graphs import DecodeGraphs
+            self.graphs = DecodeGraphs(self)
+        self.stats = Stats()
+
+    # --- one step -------------------------------------------------------------------
+    def plan(self, seqs: list[Sequence], counts: list[int]) -> tuple[np.ndarray, dict]:
+        """Host arrays for a step where seqs[i] adds counts[i] new tokens to the cache."""
+        ids, positions, slots, qstart, seq_lens = [], [], [], [0], []
+        tables = np.zeros((len(seqs), self.max_blocks_per_seq), np.int32)
+        bs = self.block_size
+        for i, (s, n) in enumerate(zip(seqs, counts)):
+            start, end = s.num_cached, s.num_cached + n
+            self.kv.reserve(s.block_table, end)
+            pos = np.arange(start, end)
+            table = np.asarray(s.block_table, np.int32)
+            ids.append(np.asarray(s.token_ids[start:end], np.int32))
+            positions.append(pos)
+            slots.append(table[pos // bs] * bs + pos % bs)
+            qstart.append(qstart[-1] + n)
+            seq_lens.append(end)
+            tables[i, :len(table)] = table
+        arrays = dict(positions=np.concatenate(positions).astype(np.int32),
+                      slot_mapping=np.concatenate(slots).astype(np.int32),
+                      query_start=np.asarray(qstart, np.int32),
+                      seq_lens=np.asarray(seq_lens, np.int32), block_tables=tables,
+                      logits_indices=np.asarray(qstart[1:], np.int32) - 1)
+        return np.concatenate(ids), arrays
+
+    def to_meta(self, arrays: dict, max_query_len: int, max_seq_len: int) -> StepMeta:
+        b = self.backend
+        dev = {k: b.asarray(v, dtype="int32") for k, v in arrays.items()}
+        return StepMeta(**dev, max_query_len=max_query_len, max_seq_len=max_seq_len,
+                        is_decode=max_query_len == 1)
+
+    def forward(self, seqs: list[Sequence], counts: list[int]):
+        """Runs one step; returns logits [len(seqs), V] on the backend."""
+        ids, arrays = self.plan(seqs, counts)
+        if self.graphs is not None and max(counts) == 1 and self.graphs.can_run(len(seqs)):
+            logits = self.graphs.run(ids, arrays)
+        else:
+            meta = self.to_meta(arrays, max(counts), int(arrays["seq_lens"].max()))
+            logits = self.model.forward(self.backend.asarray(ids, dtype="int32"), meta,
+                                        self.kv.layers)
+        for s, n in zip(seqs, counts):
+            s.num_cached += n
+        return logits
+
+    def sample(self, logits, seqs: list[Sequence]) -> list[int]:
+        if hasattr(self.backend, "sample_rows"):
+            return self.backend.sample_rows(logits, seqs)
+        host = self.backend.to_numpy(logits)
+        return [sample(host[i], s.params, np.asarray(s.token_ids), s.rng)
+                for i, s in enumerate(seqs)]
+
+    # --- generation -------------------------------------------------------------
+    def check_prompt(self, prompt_ids: list[int]) -> None:
+        if not prompt_ids:
+            raise RawEngineError("the prompt is empty (no tokens)")
+        if len(prompt_ids) >= self.max_model_len:
+            raise RawEngineError(f"the prompt has {len(prompt_ids)} tokens but the context holds "
+                                 f"{self.max_model_len}; shorten it or raise --max-model-len")
+        bad = [t for t in prompt_ids if not 0 <= t < self.cfg.vocab_size]
+        if bad:
+            raise RawEngineError(f"token id {bad[0]} is outside the vocabulary "
+                                 f"(size {self.cfg.vocab_size})")
+
+    def prefill(self, seq: Sequence):
+        """Prefill one sequence in chunks; returns the logits of its last prompt token."""
+        remaining = len(seq.token_ids) - seq.num_cached
+        while True:
+            n = min(remaining, self.prefill_chunk)
+            logits = self.forward([seq], [n])
+            remaining -= n
+            if remaining == 0:
+                return logits
+
+    def generate(self, prompts: list[list[int]], params: list[SamplingParams],
+                 eos_ids: set[int] = frozenset()) -> Iterator[Sequence]:
+        """Yields a Sequence each time it gains a token. The caller may set
+        seq.finished = True (e.g. a stop string) to end that sequence early."""
+        if len(prompts) > self.max_num_seqs:
+            raise RawEngineError(f"{len(prompts)} prompts exceed max_num_seqs={self.max_num_seqs}")
+        for p in prompts:
+            self.check_prompt(p)
+        seqs = [Sequence(list(p), sp, index=i) for i, (p, sp) in enumerate(zip(prompts, params))]
+        self.stats = st = Stats(prompt_tokens=sum(len(p) for p in prompts))
+        try:
+            t0 = time.perf_counter()
+            first = []
+            for s in seqs:
+                if s.params.max_tokens == 0:
+                    s.finished, s.finish_reason = True, "length"
+                    continue
+                first.append((s, self.prefill(s)))
+            new_ids = [self.sample(lg, [s])[0] for s, lg in first]
+            self.backend.synchronize()
+            st.prefill_s = st.first_token_s = time.perf_counter() - t0
+            running = [s for s, _ in first]
+            yield from self._append(running, new_ids, eos_ids)
+            running = [s for s in running if not s.finished]
+            t1 = time.perf_counter()
+            while running:
+                logits = self.forward(running, [1] * len(running))
+                yield from self._append(running, self.sample(logits, running), eos_ids)
+                st.decode_steps += 1
+                running = [s for s in running if not s.finished]
+                for s in seqs:
+                    if s.finished and s.block_table:
+                        self.kv.release(s.block_table)
+            st.decode_s = time.perf_counter() - t1
+        finally:
+            for s in seqs:
+                self.kv.release(s.block_table)
+
+    def _append(self, seqs, new_ids, eos_ids) -> Iterator[Sequence]:
+        for s, t in zip(seqs, new_ids):
+            if s.finished:  # the caller stopped it while we computed this step
+                continue
+            s.token_ids.append(int(t))
+            self.stats.generated_tokens += 1
+            if int(t) in eos_ids and not s.params.ignore_eos:
+                s.finished, s.finish_reason = True, "stop"
+            elif len(s.output_ids) >= s.params.max_tokens:
+                s.finished, s.finish_reason = True, "length"
+            elif len(s.token_ids) >= self.max_model_len:
+                s.finished, s.finish_reason = True, "length"
+            yield s
