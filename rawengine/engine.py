@@ -53,11 +53,13 @@ class Stats:
 
 
 class Engine:
-    def __init__(self, model_path: str | Path, *, device: str = "auto", dtype: str | None = None,
+    def __init__(self, model_path: str | Path | ModelConfig, *, device: str = "auto", dtype: str | None = None,
                  max_model_len: int | None = None, max_num_seqs: int = 8,
                  block_size: int | None = None, prefill_chunk: int = 512,
                  use_graphs: bool = True):
-        self.cfg = cfg = ModelConfig.from_dir(model_path)
+        # a ModelConfig instead of a path: random weights of that architecture (benchmarks)
+        is_cfg = isinstance(model_path, ModelConfig)
+        self.cfg = cfg = model_path if is_cfg else ModelConfig.from_dir(model_path)
         self.backend = make_backend(device, dtype, cfg)
         limit = cfg.max_position_embeddings
         if cfg.sliding_window:  # attention is full, so stay inside the window
@@ -76,6 +78,17 @@ class Engine:
             from .graphs import DecodeGraphs
             self.graphs = DecodeGraphs(self)
         self.stats = Stats()
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads (the embedding table: one row only)."""
+        m = self.model
+        arrays = [a for layer in m.layers for a in layer.values()] + [m.norm, m.lm_head]
+        return sum(int(a.nbytes) for a in arrays)
+
+    def kv_bytes_per_step(self, context: int) -> int:
+        """K and V bytes attention reads for one sequence at this context length."""
+        c, item = self.cfg, self.kv.layers[0][0].itemsize
+        return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * context * item
 
     # --- one step -------------------------------------------------------------------
     def plan(self, seqs: list[Sequence], counts: list[int]) -> tuple[np.ndarray, dict]:

@@ -60,6 +60,10 @@ class Backend:
     def empty(self, shape, dtype=None) -> Array:
         raise NotImplementedError
 
+    def randn(self, shape, std: float, seed: int = 0, offset: float = 0.0) -> Array:
+        """offset + std * N(0, 1) of self.dtype, drawn on the device (random-weight presets)."""
+        raise NotImplementedError
+
     def alloc_kv(self, num_blocks: int, num_kv_heads: int, block_size: int, head_dim: int):
         """One layer's (k_cache, v_cache), each [NB, Hkv, BS, D] of self.dtype."""
         raise NotImplementedError

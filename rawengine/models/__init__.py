@@ -52,8 +52,36 @@ def load_weights(ckpt: Checkpoint, cfg: ModelConfig, backend: Backend) -> dict:
     return out
 
 
+def random_weights(cfg: ModelConfig, backend: Backend, seed: int = 0) -> dict:
+    """Weights of the right fused shapes drawn on the backend's device (benchmarks).
+    Scales keep activations O(1) through the layers; norms are 1."""
+    hf = hf_shapes(cfg)
+    hf.setdefault("lm_head.weight", (cfg.vocab_size, cfg.hidden_size))
+
+    def make(names):
+        rows = sum(hf[n][0] for n in names)
+        shape = (rows,) + tuple(hf[names[0]][1:])
+        if len(shape) == 1:
+            return backend.randn(shape, 0.0, seed, offset=1.0)
+        return backend.randn(shape, shape[1] ** -0.5, seed)
+
+    per_layer = dict(LAYER_WEIGHTS, **(BIAS_WEIGHTS if cfg.attention_bias else {}))
+    layers = [{k: make([f"model.layers.{n}.{s}" for s in v]) for k, v in per_layer.items()}
+              for n in range(cfg.num_hidden_layers)]
+    out = {"layers": layers, "embed": backend.randn((cfg.vocab_size, cfg.hidden_size), 1.0, seed),
+           "norm": make(GLOBAL_WEIGHTS["norm"])}
+    if not cfg.tie_word_embeddings:
+        out["lm_head"] = make(GLOBAL_WEIGHTS["lm_head"])
+    return out
+
+
 def load_model(path, backend: Backend, max_positions: int | None = None):
-    """Read config.json, check every tensor name and shape, then upload the weights."""
+    """Read config.json, check every tensor name and shape, then upload the weights.
+    path may be a ModelConfig instead: the model then gets random weights (benchmarks)."""
+    if isinstance(path, ModelConfig):
+        cfg = path
+        return model_class(cfg)(cfg, backend, random_weights(cfg, backend),
+                                max_positions or cfg.max_position_embeddings)
     cfg = ModelConfig.from_dir(path)
     cls = model_class(cfg)
     ckpt = Checkpoint(path)
