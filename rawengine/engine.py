@@ -73,7 +73,7 @@ class Engine:
         # the last block is scratch: padded rows of a captured batch write there
         self.kv = KVCache(self.backend, cfg, blocks_per_seq * max_num_seqs + 1, self.block_size)
         self.scratch_block = self.kv.allocator.allocate(1)[0]
-        self.graphs = None
+        self.graphs, self.greedy_ids = None, None
         if use_graphs and getattr(self.backend, "supports_graphs", False):
             from .graphs import DecodeGraphs
             self.graphs = DecodeGraphs(self)
@@ -123,8 +123,10 @@ class Engine:
     def forward(self, seqs: list[Sequence], counts: list[int]):
         """Runs one step; returns logits [len(seqs), V] on the backend."""
         ids, arrays = self.plan(seqs, counts)
+        self.greedy_ids = None  # device argmax computed inside a decode graph
         if self.graphs is not None and max(counts) == 1 and self.graphs.can_run(len(seqs)):
             logits = self.graphs.run(ids, arrays)
+            self.greedy_ids = self.graphs.greedy_ids
         else:
             meta = self.to_meta(arrays, max(counts), int(arrays["seq_lens"].max()))
             logits = self.model.forward(self.backend.asarray(ids, dtype="int32"), meta,
@@ -134,6 +136,10 @@ class Engine:
         return logits
 
     def sample(self, logits, seqs: list[Sequence]) -> list[int]:
+        plain_greedy = all(s.params.is_greedy and s.params.repetition_penalty == 1.0
+                           for s in seqs)
+        if plain_greedy and self.greedy_ids is not None:
+            return self.backend.to_numpy(self.greedy_ids).tolist()
         if hasattr(self.backend, "sample_rows"):
             return self.backend.sample_rows(logits, seqs)
         host = self.backend.to_numpy(logits)

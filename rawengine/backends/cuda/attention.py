@@ -30,11 +30,16 @@ LOG2E = 1.4426950408889634
 DEFAULT_WINDOW = (-60.0, 60.0)
 MAX_GROUP = 8  # query heads per block; larger GQA groups take several head blocks
 
-# Tuned per GPU, never online (plain data). 'bw' bytes/s streamed by the whole chip, 'lat_us' one
-# block step when latency-bound, 'occ' resident blocks per SM, merge costs of the split reduce.
+# Tuned per GPU, never online (plain data), fitted to the H100 sweep of 2026-11-21 (see
+# docs/decode_attention_notes.md). A block step (STEP tokens of K and V) takes
+# (lat_us^p + (bytes in flight over the chip / bw)^p)^(1/p): a latency floor that blends into
+# the bandwidth share. 'warps_per_sm' resident warps at 128 registers; 'block_us' fixed cost of
+# a block (q, first page ids, partial write, counter); the merge reads S partial rows.
 TUNING = {
-    "default": dict(bw=2.9e12, lat_us=1.2, occ=4, merge_fixed_us=0.4, merge_bytes_per_us=1.0e5,
-                    max_splits=128, num_warps=4, unroll=4, unroll_big_group=2),
+    "default": dict(bw=3.0e12, lat_us=1.2, p=2.5, warps_per_sm=16, block_us=1.0,
+                    fixed_us=3.0, merge_bytes_per_us=2.0e5, max_splits=128,
+                    num_warps=8, unroll=4, num_warps_big_group=4, unroll_big_group=2,
+                    prefetch_kv_mb=(24, 100)),
 }
 
 
@@ -48,10 +53,19 @@ def head_group(num_q_heads: int, num_kv_heads: int) -> int:
     return max(d for d in range(1, min(g, MAX_GROUP) + 1) if g % d == 0)
 
 
-def kernel_config(head_dim: int, group: int, tune: dict | None = None) -> dict:
+def kernel_config(head_dim: int, group: int, kv_bytes: int = 0,
+                  tune: dict | None = None) -> dict:
+    """Kernel shape for a block of `group` query heads (G > 4 needs ~250 registers at
+    UNROLL 2, so it runs 4-warp blocks). The L2 prefetch of the next tile pays only when the
+    step's K/V is a few L2 sizes or less (24-100 MB measured on H100: +15% at 67 MB); when
+    streaming GBs from DRAM it costs 2-4%."""
     t = tune or TUNING["default"]
-    unroll = t["unroll"] if group <= 4 else t["unroll_big_group"]
-    return dict(num_warps=t["num_warps"], unroll=unroll)
+    lo_mb, hi_mb = t["prefetch_kv_mb"]
+    prefetch = int(lo_mb * 1e6 < kv_bytes <= hi_mb * 1e6)
+    if group <= 4:
+        return dict(num_warps=t["num_warps"], unroll=t["unroll"], prefetch=prefetch)
+    return dict(num_warps=t["num_warps_big_group"], unroll=t["unroll_big_group"],
+                prefetch=prefetch)
 
 
 def tokens_per_step(head_dim: int, cfg: dict) -> int:
@@ -61,33 +75,41 @@ def tokens_per_step(head_dim: int, cfg: dict) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def plan_decode(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int, *,
-                group: int = 1, head_dim: int = 128, step: int | None = None,
+                group: int = 1, head_dim: int = 128, config: tuple | None = None,
                 tune_key: str = "default") -> int:
     """Number of KV splits for a decode step of this bucket (fixed per captured graph).
 
-    Cost model, not a rule of thumb: blocks run in waves of num_sms * occ; a block step costs
-    the larger of a latency floor and its share of chip bandwidth when `active` blocks stream
-    at once; splits add a merge read of S partial rows per (sequence, head block). The split
-    count with the least modelled time wins (ties go to fewer splits). FA2's heuristic only
-    maximises wave efficiency and FlashInfer's fills the SMs; this also prices the merge and
-    the latency-bound regime of short, small batches."""
+    A cost model rather than a rule of thumb. Blocks run in waves of `slots` (resident blocks);
+    a block step costs (lat^p + (bytes in flight / bw)^p)^(1/p), so few blocks are latency-
+    bound and many share the bandwidth; each block pays a fixed cost and splits pay a merge
+    read of S partial rows per (sequence, head block). The least modelled time wins; fewer
+    splits win ties (2%). FA2's heuristic maximises wave efficiency only and FlashInfer's
+    fills the SMs; this also prices latency-bound small grids, block overhead and the merge.
+    config: (num_warps, unroll) when not the tuned one."""
     t = TUNING[tune_key]
     g_blk = max(d for d in range(1, min(group, MAX_GROUP) + 1) if group % d == 0)
+    cfg = dict(zip(("num_warps", "unroll"), config)) if config else kernel_config(
+        head_dim, g_blk, tune=t)
+    step = tokens_per_step(head_dim, cfg)
     units = batch * num_kv_heads * (group // g_blk)
-    step = step or tokens_per_step(head_dim, kernel_config(head_dim, g_blk, t))
     n_steps = cdiv(max(max_seq_len, 1), step)
-    slots = num_sms * t["occ"]
+    slots = num_sms * max(1, t["warps_per_sm"] // cfg["num_warps"])
     bytes_step = step * head_dim * 2 * 2  # K and V, 2-byte elements
+    p = t["p"]
+
+    def step_us(active):
+        bw_us = bytes_step * active / t["bw"] * 1e6
+        return (t["lat_us"] ** p + bw_us ** p) ** (1 / p)
+
     best_s, best_t = 1, math.inf
     for s in range(1, min(t["max_splits"], n_steps) + 1):
         steps = cdiv(n_steps, s)
-        blocks = units * s
-        full, rem = divmod(blocks, slots)
-        t_full = steps * max(t["lat_us"], bytes_step * slots / t["bw"] * 1e6)
-        t_rem = steps * max(t["lat_us"], bytes_step * rem / t["bw"] * 1e6) if rem else 0.0
-        cost = full * t_full + t_rem
+        full, rem = divmod(units * s, slots)
+        cost = t["fixed_us"] + full * (steps * step_us(slots) + t["block_us"])
+        if rem:
+            cost += steps * step_us(rem) + t["block_us"]
         if s > 1:
-            cost += t["merge_fixed_us"] + s * g_blk * head_dim * 8 / t["merge_bytes_per_us"]
+            cost += s * g_blk * head_dim * 8 / t["merge_bytes_per_us"]
         if cost < best_t * 0.98:
             best_s, best_t = s, cost
     return best_s
@@ -180,11 +202,12 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
 
     group = head_group(hq, hkv)
     y = hq // group
-    cfg = config or kernel_config(d, group)
+    kv_bytes = 2 * batch * hkv * int(max_seq_len) * d * k_cache.itemsize
+    cfg = config or kernel_config(d, group, kv_bytes)
     if num_splits is None:
         num_splits = plan_decode(batch, hkv, int(max_seq_len), num_sms(cp.cuda.Device().id),
                                  group=hq // hkv, head_dim=d,
-                                 step=tokens_per_step(d, cfg))
+                                 config=(cfg["num_warps"], cfg["unroll"]))
     ws = workspace or get_workspace(batch, hq, hkv, d, num_splits)
     if not ws.fits(batch, hq, d, num_splits, y):
         raise ValueError("workspace too small for this batch / split count")
@@ -196,7 +219,9 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     is_async = variant == "async"
     lo, hi = window or DEFAULT_WINDOW
     defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"], UNROLL=cfg["unroll"],
-                   IS_ASYNC=int(is_async))
+                   IS_ASYNC=int(is_async), PREFETCH=int(cfg.get("prefetch", 0)),
+                   MIN_BLOCKS=cfg.get("min_blocks", max(1, 16 // cfg["num_warps"]) if group <= 4
+                                      else 1))
     if _is_bf16(q):
         defines["DTYPE_BF16"] = 1
     fn = kernel("decode_attention.cu", "decode_attention_kernel", defines)

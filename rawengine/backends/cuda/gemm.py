@@ -25,10 +25,9 @@ from pathlib import Path
 
 import cupy as cp
 
-_KERNEL_DIR = Path(__file__).resolve().parents[3] / "kernels_cu"
 _TUNING_DIR = Path(__file__).resolve().parents[2] / "tuning"
-SMEM_DEFAULT = 48 * 1024
 SMEM_MAX = 227 * 1024  # Hopper opt-in limit per block
+SMEM_DYNAMIC = 46 * 1024  # dynamic smem used without opt-in (static smem takes the rest)
 IMPLS = ("gemv", "flat", "cublas")
 
 
@@ -36,24 +35,10 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-# --- kernel loading (TODO: replace by rawengine.backends.cuda.module.kernel once it exists) ---
-try:
-    from rawengine.backends.cuda.module import kernel as _module_kernel  # type: ignore
-except Exception:  # noqa: BLE001 - colleague's module not there yet
-    _module_kernel = None
-
-
-@functools.lru_cache(maxsize=None)
-def _local_kernel(file: str, name: str, defines: tuple):
-    src = (_KERNEL_DIR / file).read_text()
-    opts = ("--std=c++17",) + tuple(f"-D{k}={v}" for k, v in defines)
-    return cp.RawModule(code=src, options=opts).get_function(name)
-
-
 def _kernel(file: str, name: str, defines: dict):
-    if _module_kernel is not None:
-        return _module_kernel(file, name, defines)
-    return _local_kernel(file, name, tuple(sorted(defines.items())))
+    from rawengine.backends.cuda.module import kernel  # the project's only RawModule user
+
+    return kernel(file, name, defines)
 
 
 # --- device facts and scratch ----------------------------------------------------------------
@@ -134,14 +119,14 @@ def gemv(x, w, y, bias=None, residual=None, *, rows: int = 2, warps: int = 4, un
     vec = 8 if _vec_ok(K, x, w) else 1
     row_tiles = cdiv(N, warps * rows)
     m_groups = cdiv(M, mb)
-    min_split = cdiv(mb * K * 2, SMEM_DEFAULT)
+    min_split = cdiv(mb * K * 2, SMEM_DYNAMIC)
     if split <= 0:
         split = max(1, min(cdiv(4 * num_sms(), row_tiles * m_groups), K // 512))
     split = max(split, min_split)
     align = 256 if vec == 8 else 32
     k_chunk = cdiv(cdiv(K, split), align) * align
-    if mb * k_chunk * 2 > SMEM_DEFAULT:
-        k_chunk = (SMEM_DEFAULT // (2 * mb)) // align * align
+    if mb * k_chunk * 2 > SMEM_DYNAMIC:
+        k_chunk = (SMEM_DYNAMIC // (2 * mb)) // align * align
     split = cdiv(K, k_chunk)
     ws, cnt = _scratch.get(split * M * N if split > 1 else 0, row_tiles * m_groups)
     defines = dict(DTYPE_BF16=_dtype_flag(w), MB=mb, ROWS=rows, WARPS=warps, UNROLL=unroll,
@@ -158,32 +143,56 @@ def flat_smem(bm: int, fn: int, warps_n: int, warps_k: int, bk: int, stages: int
     return max(stages * (bn + bm) * bk * 2, warps_k * bm * (bn + 4) * 4)
 
 
-def flat(x, w, y, bias=None, residual=None, *, bm: int = 0, fn: int = 1, warps_n: int = 4,
-         warps_k: int = 1, bk: int = 64, stages: int = 4, split: int = 0) -> None:
-    """y = x @ w.T (+ bias) (+ residual) on tensor cores; needs K % 8 == 0.
-    bm = 0 picks the smallest of 8/16/32/64 covering M; split = 0 picks split-K."""
+def _set_smem(kern, smem: int) -> None:
+    if smem > SMEM_MAX:
+        raise ValueError(f"tile needs {smem} B of shared memory (> {SMEM_MAX})")
+    if smem > SMEM_DYNAMIC and kern.max_dynamic_shared_size_bytes < smem:
+        kern.max_dynamic_shared_size_bytes = smem
+
+
+def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int = 0, fn: int = 0,
+         warps_n: int = 0, warps_k: int = 0, bk: int = 128, stages: int = 4, unroll: int = 0,
+         split: int = 0) -> None:
+    """y = x @ w.T (+ bias) (+ residual) on tensor cores (mma.m16n8k16); needs K % 8 == 0.
+
+    kernel 'direct': w fragments loaded straight from global memory (decode M);
+    kernel 'smem': cp.async shared-memory pipeline (bk, stages).
+    bm = 0: smallest of 8/16/32/64 covering M; 0 for warps/unroll/split: picked from the shape."""
     M, K = x.shape
     N = w.shape[0]
+    direct = kernel == "direct"
     if bm <= 0:
-        bm = 8 if M <= 8 else 16 if M <= 16 else 32 if M <= 32 else 64
+        bm = next((b for b in (8, 16, 32, 64) if b >= M), 64)
+    # defaults: the configs with the smallest geomean loss over the H100 tuning runs
+    fn = fn or (2 if direct else 1)
+    warps_n = warps_n or (1 if direct else 2)
+    warps_k = warps_k or ((8 if bm <= 32 else 4) if direct else 4)
+    unroll = unroll or 2
     bn = 16 * fn * warps_n
     n_tiles, m_groups = cdiv(N, bn), cdiv(M, bm)
-    k_tiles = cdiv(K, bk)
+    step = 32 * unroll * warps_k if direct else bk
+    k_steps = cdiv(K, step)
     if split <= 0:
-        split = max(1, min(cdiv(2 * num_sms(), n_tiles * m_groups), k_tiles // 4))
-    split = min(split, k_tiles)
-    k_chunk = cdiv(k_tiles, split) * bk
+        target = (4 if direct else 2) * num_sms()
+        split = max(1, min(cdiv(target, n_tiles * m_groups), k_steps // 2))
+    split = min(split, k_steps)
+    k_chunk = cdiv(k_steps, split) * step
     split = cdiv(K, k_chunk)
     ws, cnt = _scratch.get(split * M * N if split > 1 else 0, n_tiles * m_groups)
-    defines = dict(DTYPE_BF16=_dtype_flag(w), BM=bm, FN=fn, WARPS_N=warps_n, WARPS_K=warps_k,
-                   BK=bk, STAGES=stages, HAS_BIAS=int(bias is not None),
+    defines = dict(DTYPE_BF16=_dtype_flag(w), DIRECT=int(direct), FM=bm // 8, FN=fn,
+                   WARPS_N=warps_n, WARPS_K=warps_k, HAS_BIAS=int(bias is not None),
                    HAS_RES=int(residual is not None))
-    kern = _kernel("flat_gemm.cu", "flat_gemm_kernel", defines)
-    smem = flat_smem(bm, fn, warps_n, warps_k, bk, stages)
-    if smem > SMEM_MAX:
-        raise ValueError(f"flat: tile needs {smem} B of shared memory (> {SMEM_MAX})")
-    if smem > SMEM_DEFAULT and kern.max_dynamic_shared_size_bytes < smem:
-        kern.max_dynamic_shared_size_bytes = smem
+    if direct:
+        defines["UNROLL"] = unroll
+        smem = 0
+        if warps_k * bm * (bn + 4) * 4 > SMEM_DYNAMIC:  # static C tile of flat_direct_kernel
+            raise ValueError(f"flat direct: C tile of {warps_k}x{bm}x{bn} exceeds 46 KB")
+    else:
+        defines.update(BK=bk, STAGES=stages)
+        smem = flat_smem(bm, fn, warps_n, warps_k, bk, stages)
+    name = "flat_direct_kernel" if direct else "flat_gemm_kernel"
+    kern = _kernel("flat_gemm.cu", name, defines)
+    _set_smem(kern, smem)
     kern((n_tiles, split, m_groups), (32 * warps_n * warps_k,),
          (x, w, bias if bias is not None else w, residual if residual is not None else y, y,
           ws, cnt, cp.int32(M), cp.int32(N), cp.int32(K), cp.int32(k_chunk)),
@@ -206,13 +215,16 @@ def cublas(x, w, y, bias=None, residual=None) -> None:
 
 # --- dispatch ------------------------------------------------------------------------------
 def default_choice(M: int, N: int, K: int) -> tuple[str, dict]:
-    """Rule when no table entry matches (from the H100 measurements in
-    docs/flat_gemm_notes.md): CUDA-core GEMV for M <= 4, tensor-core flat GEMM up to M = 64,
-    cuBLAS above (flat GEMM when cuBLAS is unavailable)."""
-    if M <= 4:
+    """Rule when no table entry matches, read off the H100 tuning of 24 shapes
+    (docs/flat_gemm_notes.md): CUDA-core GEMV for M <= 2, register-direct tensor-core flat
+    GEMM up to M = 8, shared-memory flat GEMM up to M = 32, cuBLAS above (flat GEMM
+    when cuBLAS is unavailable: graph capture, bf16)."""
+    if M <= 2:
         return "gemv", {}
-    if M <= 64:
-        return "flat", {}
+    if M <= 8:
+        return "flat", {"kernel": "direct"}
+    if M <= 32:
+        return "flat", {"kernel": "smem"}
     return "cublas", {}
 
 
@@ -224,7 +236,8 @@ def _table_dirs() -> list[Path]:
 
 @functools.lru_cache(maxsize=None)
 def _tables() -> dict:
-    """{(gpu, N, K): [(m_max, impl, params), ...] sorted by m_max}; user tables win."""
+    """{(gpu, N, K): [(m_max, impl, params, fallback), ...] sorted by m_max}; user tables
+    win. fallback: (impl, params) used inside graph capture when impl is 'cublas'."""
     out: dict = {}
     for d in reversed(_table_dirs()):
         if not d.is_dir():
@@ -238,7 +251,9 @@ def _tables() -> dict:
             for key, rules in data.get("shapes", {}).items():
                 n, k = (int(v) for v in key.split("x"))
                 out[(gpu, n, k)] = sorted(
-                    ((r["m_max"], r["impl"], r.get("params", {})) for r in rules),
+                    ((r["m_max"], r["impl"], r.get("params", {}),
+                      (r["fallback"]["impl"], r["fallback"].get("params", {}))
+                      if "fallback" in r else None) for r in rules),
                     key=lambda r: r[0])
     return out
 
@@ -247,12 +262,16 @@ def reload_tables() -> None:
     _tables.cache_clear()
 
 
-def choose(M: int, N: int, K: int, gpu: str | None = None) -> tuple[str, dict]:
-    """(impl, params) for this product from the table, else `default_choice`."""
+def choose(M: int, N: int, K: int, gpu: str | None = None,
+           capturing: bool = False) -> tuple[str, dict]:
+    """(impl, params) for this product from the table, else `default_choice`. While
+    capturing, a 'cublas' entry gives way to its tuned fallback (our fastest kernel)."""
     rules = _tables().get((gpu or gpu_name(), N, K))
     if rules:
-        for m_max, impl, params in rules:
+        for m_max, impl, params, fallback in rules:
             if M <= m_max:
+                if impl == "cublas" and capturing and fallback is not None:
+                    return fallback[0], dict(fallback[1])
                 return impl, dict(params)
     return default_choice(M, N, K)
 
@@ -261,7 +280,7 @@ def run_impl(impl: str, x, w, y, bias=None, residual=None, **params) -> None:
     """One named implementation, with fallbacks where it cannot run (capture, bf16, K % 8)."""
     K = x.shape[1]
     if impl == "cublas" and (is_capturing() or _dtype_flag(w) == 1):
-        impl, params = "flat", {}
+        impl, params = "flat", {"kernel": "smem" if x.shape[0] > 32 else "direct"}
     if impl == "flat" and not _vec_ok(K, x, w, y):
         impl, params = "gemv", {}
     if impl == "gemv":
@@ -298,6 +317,7 @@ def linear(x, w, bias=None, *, residual=None, out=None):
     if residual is not None:
         r2 = cp.ascontiguousarray(residual).reshape(M, N)
     b = cp.ascontiguousarray(bias) if bias is not None else None
-    impl, params = choose(M, N, K)
+    # bf16 (uint16 bits) cannot go through cupy.matmul: take the table's own-kernel fallback
+    impl, params = choose(M, N, K, capturing=is_capturing() or _dtype_flag(w) == 1)
     run_impl(impl, x2, w, y2, b, r2, **params)
     return y

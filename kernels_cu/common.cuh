@@ -1,0 +1,118 @@
+// common.cuh: shared device helpers for every rawengine kernel. Include it first.
+// STABLE: other kernel files depend on it; add new helpers, never change existing ones.
+//
+// Element type `dtype_t` (activations, weights, KV cache), chosen at compile time:
+//   -DDTYPE=half | -DDTYPE=__nv_bfloat16   explicit, wins over the switches below
+//   -DUSE_BF16=1 or -DDTYPE_BF16=1         bfloat16
+//   (nothing)                              half (fp16)
+// All math is done in float: load with to_f32(), store with from_f32<T>().
+//
+// Helpers:
+//   to_f32(x) / from_f32<T>(f)             scalar conversion (half, bf16, float)
+//   load8(p, f[8]) / store8(p, f[8])       16-byte vector load/store of 8 dtype_t <-> 8 floats
+//                                          (p must be 16-byte aligned)
+//   warp_sum / warp_max                    butterfly reductions; every lane gets the result
+//   block_sum / block_max(v, scratch)      whole-block reductions; scratch: __shared__ float[32];
+//                                          every thread gets the result; blockDim.x % 32 == 0
+//   NEG_INF, cdiv
+// Portability: CUDA-only intrinsics sit behind the RE_* macros so a HIP build only edits this file.
+#pragma once
+
+#ifdef __HIP_PLATFORM_AMD__
+#include <hip/hip_fp16.h>
+#include <hip/hip_bf16.h>
+typedef __hip_bfloat16 __nv_bfloat16;
+#define RE_WARP_SIZE 64
+#define RE_SHFL_XOR(v, m) __shfl_xor((v), (m))
+#define RE_SHFL(v, src) __shfl((v), (src))
+#define RE_SHFL_UP(v, d) __shfl_up((v), (d))
+#define RE_LDG(p) (*(p))
+#else
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#define RE_WARP_SIZE 32
+#define RE_SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
+#define RE_SHFL(v, src) __shfl_sync(0xffffffffu, (v), (src))
+#define RE_SHFL_UP(v, d) __shfl_up_sync(0xffffffffu, (v), (d))
+#define RE_LDG(p) __ldg(p)
+#endif
+
+#ifndef DTYPE
+#if (defined(USE_BF16) && USE_BF16) || (defined(DTYPE_BF16) && DTYPE_BF16)
+#define DTYPE __nv_bfloat16
+#else
+#define DTYPE half
+#endif
+#endif
+typedef DTYPE dtype_t;
+
+#define NEG_INF (__int_as_float(0xff800000))
+
+__device__ __forceinline__ int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+// ---- scalar conversion ---------------------------------------------------------------------
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ half from_f32<half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+// ---- 16-byte vectors: 8 x 2-byte elements ----------------------------------------------------
+// uint4 moves the bytes in one 128-bit access; the elements are reinterpreted in registers.
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float f[8]) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[i] = to_f32(e[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float f[8]) {
+    uint4 u;
+    T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) e[i] = from_f32<T>(f[i]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+
+// ---- reductions ------------------------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int m = RE_WARP_SIZE / 2; m > 0; m >>= 1) v += RE_SHFL_XOR(v, m);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int m = RE_WARP_SIZE / 2; m > 0; m >>= 1) v = fmaxf(v, RE_SHFL_XOR(v, m));
+    return v;
+}
+
+// scratch: __shared__ float[32]. The leading barrier lets callers reuse scratch back to back.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x % RE_WARP_SIZE, warp = threadIdx.x / RE_WARP_SIZE;
+    const int num_warps = blockDim.x / RE_WARP_SIZE;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < num_warps ? scratch[lane] : 0.f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x % RE_WARP_SIZE, warp = threadIdx.x / RE_WARP_SIZE;
+    const int num_warps = blockDim.x / RE_WARP_SIZE;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < num_warps ? scratch[lane] : NEG_INF;
+    return warp_max(v);
+}

@@ -1,0 +1,399 @@
+// decode_attention.cu: single-token (decode) GQA attention over the paged KV cache, split-KV.
+//
+//   o[b, h] = sum_j p_j v[j, h/G] / sum_j p_j,  p_j = exp(scale * q[b, h] . k[j, h/G] - m),
+//   j < seq_lens[b], G = Hq / Hkv. Any m gives the same o; only the float range cares.
+//
+//   q            [B, Hq, D] dtype_t
+//   k/v_cache    [NB, Hkv, BS, D] dtype_t; key j of sequence b lives in block
+//                block_tables[b, j >> LOG2_BS] at offset j & (BS - 1)   (BS a power of two)
+//   block_tables [B, max_blocks] int32;  seq_lens [B] int32
+//   out          [B, Hq * D] dtype_t
+//   workspace (partials touched only when > 1 split is active), Y = gridDim.y head blocks,
+//   S = gridDim.x splits:
+//     part_o  [B, Y, S, GROUP, D] float32   unnormalised o of each split
+//     part_ml [B, Y, S, GROUP] float2       (m, l) of each split, log2 units
+//     counters [B, Y] int32                 zero between launches (the last block resets it)
+//     fallback_count [1] int32              async blocks that fell back (monotonic, for tests)
+//
+// Grid (S, Hkv * G / GROUP, B), NUM_WARPS * 32 threads. A block owns GROUP query heads of one
+// KV head (all of them when G <= 8), so each K/V byte is read once per step, and one chunk of
+// the sequence. The chunk is sized on the device from the real seq_lens[b]:
+//   chunk = roundup(cdiv(len, S), STEP),  active splits = cdiv(len, chunk)
+// so a captured graph (fixed S per bucket) spreads any length over all splits; splits past
+// the end return at once and are never merged.
+// Inside a block: LANES_PER_TOK = D/8 lanes own one token row (one 16-byte load each), a warp
+// covers 32/LANES_PER_TOK tokens per load and UNROLL loads of K and of V are issued before any
+// use. Warps take interleaved tiles of TILE tokens; each keeps its own softmax state, merged
+// through shared memory at the end. Split results are merged with log-sum-exp by the last
+// block of the (b, head block) to finish (atomic counter), so one launch does everything.
+//
+// Variants (IS_ASYNC):
+//  0 synchronized (Flash-Decoding): each warp keeps a running max m; per tile of TILE tokens
+//    m is raised to the tile max and o, l are rescaled by 2^(m_old - m_new).
+//  1 asynchronized (FlashDecoding++): every exponent uses one unified max phi (per-model
+//    constant): p = 2^(s - phi), no max tracking across lanes, no rescaling; warp, block and
+//    split results are plain sums (the shared merge helper sees equal m and weights 1).
+//    Exactness: each lane keeps its true max (one FMNMX per score, reduced once per block).
+//    If for any head the block's true max leaves [phi + lo, phi + hi] (overflow of the fp32
+//    sums above, total underflow below), the block recomputes its chunk synchronously and
+//    stores an ordinary (m, l, o) state; the split merge handles mixed states exactly.
+//    No host round trip: graph-capturable. Saves the per-tile warp max and rescale: measured
+//    0-2% faster than 0 on H100 (memory-bound), more where latency-bound; phi and the window
+//    come from tools/calibrate_softmax.py.
+// Defines: HEAD_DIM (64 | 128), GROUP (1..8), NUM_WARPS, UNROLL, IS_ASYNC, DTYPE_BF16,
+// PREFETCH (1: L2-prefetch each warp's next tile while computing the current one),
+// MIN_BLOCKS (launch bound: 16 warps / NUM_WARPS keeps G <= 4 at 128 registers).
+#include "common.cuh"
+
+#ifndef HEAD_DIM
+#define HEAD_DIM 128
+#endif
+#ifndef GROUP
+#define GROUP 4
+#endif
+#ifndef NUM_WARPS
+#define NUM_WARPS 4
+#endif
+#ifndef UNROLL
+#define UNROLL 4
+#endif
+#ifndef IS_ASYNC
+#define IS_ASYNC 0
+#endif
+#ifndef PREFETCH
+#define PREFETCH 1
+#endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1  // resident blocks per SM to guarantee (caps registers)
+#endif
+
+constexpr int VEC = 8;                               // 2-byte elements per 16-byte load
+constexpr int LANES_PER_TOK = HEAD_DIM / VEC;        // 16 (D=128) or 8 (D=64)
+constexpr int TOK_PER_LOAD = 32 / LANES_PER_TOK;     // tokens one warp-wide load covers
+constexpr int TILE = TOK_PER_LOAD * UNROLL;          // tokens per warp per step
+constexpr int STEP = TILE * NUM_WARPS;               // tokens per block per step
+constexpr int NUM_THREADS = NUM_WARPS * 32;
+constexpr int D4 = HEAD_DIM / 4;                     // float4s per head row
+static_assert(LANES_PER_TOK <= 32 && 32 % LANES_PER_TOK == 0, "HEAD_DIM must be 64 or 128");
+
+// Streaming 16-byte load: read once, keep it out of L1, ask L2 for the whole 256-byte row.
+__device__ __forceinline__ uint4 load_stream(const dtype_t* p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ void unpack8(const uint4& u, float f[VEC]) {
+    const dtype_t* e = reinterpret_cast<const dtype_t*>(&u);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) f[i] = to_f32(e[i]);
+}
+
+// 2^x; ex2.approx gives 2^-inf = +0, which masked keys rely on.
+__device__ __forceinline__ float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Softmax state of one head over a set of keys (log2 units): m reference max, l = sum 2^(s-m),
+// o = sum 2^(s-m) v. Merging weighs each state by 2^(m_i - M), M = max_i m_i. An empty state
+// is (m = -inf, l = 0, o = 0); merging two empty states would give 2^(-inf - -inf) = NaN, so a
+// -inf side gets weight 0 explicitly (all-empty merges to l = 0, written out as o = 0).
+__device__ __forceinline__ float merge_weight(float m, float M) {
+    return m == NEG_INF ? 0.f : exp2_approx(m - M);
+}
+
+// Softmax state of this warp over its tiles of [start, end), per lane: o for its 8 dims.
+// m is warp-uniform; l and o are folded over the warp's token groups before returning.
+// ASYNC: m = phi fixed, m_true = true max of the scores seen (per head).
+template <bool ASYNC>
+__device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
+                                             const dtype_t* __restrict__ k_cache,
+                                             const dtype_t* __restrict__ v_cache,
+                                             const int* __restrict__ bt, int kv_head,
+                                             int num_kv_heads, int log2_bs, int start, int end,
+                                             float phi, float (&m)[GROUP], float (&l)[GROUP],
+                                             float (&o)[GROUP][VEC], float (&m_true)[GROUP]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane / LANES_PER_TOK, dvec = lane % LANES_PER_TOK;
+    const int bs_mask = (1 << log2_bs) - 1;
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g) {
+        m[g] = ASYNC ? phi : NEG_INF;
+        l[g] = 0.f;
+        m_true[g] = NEG_INF;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) o[g][i] = 0.f;
+    }
+    // t0 is warp-uniform, so full-mask shuffles below are safe; token t0 itself is valid.
+    for (int t0 = start + warp * TILE; t0 < end; t0 += STEP) {
+        uint4 kr[UNROLL], vr[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int tok = t0 + u * TOK_PER_LOAD + sub;
+            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);  // never load unused slots (may be NaN)
+            if (tok < end) {
+                const int page = __ldg(bt + (tok >> log2_bs));
+                const size_t row = ((size_t)page * num_kv_heads + kv_head) << log2_bs;
+                const size_t off = (row + (tok & bs_mask)) * HEAD_DIM + dvec * VEC;
+                kr[u] = load_stream(k_cache + off);
+                vr[u] = load_stream(v_cache + off);
+            }
+        }
+#if PREFETCH
+        // Pull this warp's next tile into L2 while this one computes: doubles the bytes in
+        // flight per warp without holding registers. One 128-byte line per lane (UNROLL 4).
+        {
+            constexpr int LINES_PER_ROW = HEAD_DIM * 2 / 128;
+            constexpr int LINES = TILE * 2 * LINES_PER_ROW;  // K and V rows of the tile
+            const int tn = t0 + STEP;
+#pragma unroll
+            for (int i = lane; i < LINES; i += 32) {
+                const int tok = tn + i / (2 * LINES_PER_ROW), r = i % (2 * LINES_PER_ROW);
+                if (tok < end) {
+                    const int page = __ldg(bt + (tok >> log2_bs));
+                    const size_t row = ((((size_t)page * num_kv_heads + kv_head) << log2_bs) +
+                                        (tok & bs_mask)) * HEAD_DIM;
+                    const dtype_t* line = (r < LINES_PER_ROW ? k_cache : v_cache) + row +
+                                          (r % LINES_PER_ROW) * 64;
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+                }
+            }
+        }
+#endif
+        float s[UNROLL][GROUP];  // scores, then probabilities
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            float kf[VEC];
+            unpack8(kr[u], kf);
+            const bool valid = t0 + u * TOK_PER_LOAD + sub < end;
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g) {
+                float acc = 0.f;
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) acc = fmaf(qf[g][i], kf[i], acc);
+#pragma unroll
+                for (int x = LANES_PER_TOK / 2; x > 0; x >>= 1) acc += RE_SHFL_XOR(acc, x);
+                s[u][g] = valid ? acc : NEG_INF;
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+            if (ASYNC) {
+#pragma unroll
+                for (int u = 0; u < UNROLL; ++u) {
+                    m_true[g] = fmaxf(m_true[g], s[u][g]);
+                    s[u][g] = exp2_approx(s[u][g] - phi);
+                    l[g] += s[u][g];
+                }
+            } else {
+                float mx = s[0][g];
+#pragma unroll
+                for (int u = 1; u < UNROLL; ++u) mx = fmaxf(mx, s[u][g]);
+#pragma unroll
+                for (int x = LANES_PER_TOK; x < 32; x <<= 1) mx = fmaxf(mx, RE_SHFL_XOR(mx, x));
+                const float m_new = fmaxf(m[g], mx);  // finite: token t0 is valid
+                const float corr = merge_weight(m[g], m_new);
+                m[g] = m_new;
+                l[g] *= corr;
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) o[g][i] *= corr;
+#pragma unroll
+                for (int u = 0; u < UNROLL; ++u) {
+                    s[u][g] = exp2_approx(s[u][g] - m_new);
+                    l[g] += s[u][g];
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            float vf[VEC];
+            unpack8(vr[u], vf);
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) o[g][i] = fmaf(s[u][g], vf[i], o[g][i]);
+        }
+    }
+    // Token groups of the warp share m (warp-wide max, or phi): their l and o just add up.
+#pragma unroll
+    for (int x = LANES_PER_TOK; x < 32; x <<= 1) {
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+            l[g] += RE_SHFL_XOR(l[g], x);
+            if (ASYNC) m_true[g] = fmaxf(m_true[g], RE_SHFL_XOR(m_true[g], x));
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) o[g][i] += RE_SHFL_XOR(o[g][i], x);
+        }
+    }
+}
+
+struct __align__(16) BlockSmem {
+    float o[NUM_WARPS][GROUP][HEAD_DIM];
+    float m[NUM_WARPS][GROUP], l[NUM_WARPS][GROUP], m_true[NUM_WARPS][GROUP];
+    int flag;
+};
+
+__device__ __forceinline__ void stash_warp(BlockSmem& sm, const float (&m)[GROUP],
+                                           const float (&l)[GROUP], const float (&o)[GROUP][VEC],
+                                           const float (&m_true)[GROUP]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane < LANES_PER_TOK) {
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+            float4* dst = reinterpret_cast<float4*>(&sm.o[warp][g][lane * VEC]);
+            dst[0] = make_float4(o[g][0], o[g][1], o[g][2], o[g][3]);
+            dst[1] = make_float4(o[g][4], o[g][5], o[g][6], o[g][7]);
+        }
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+            sm.m[warp][g] = m[g];
+            sm.l[warp][g] = l[g];
+            sm.m_true[warp][g] = m_true[g];
+        }
+    }
+}
+
+// Block state of head g, dims 4*d4 .. 4*d4+3, merged over the warps.
+__device__ __forceinline__ void merge_warps(const BlockSmem& sm, int g, int d4, float& M,
+                                            float& lsum, float4& acc) {
+    M = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < NUM_WARPS; ++w) M = fmaxf(M, sm.m[w][g]);
+    lsum = 0.f;
+    acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < NUM_WARPS; ++w) {
+        const float wt = merge_weight(sm.m[w][g], M);
+        const float4 v = reinterpret_cast<const float4*>(sm.o[w][g])[d4];
+        lsum = fmaf(wt, sm.l[w][g], lsum);
+        acc.x = fmaf(wt, v.x, acc.x);
+        acc.y = fmaf(wt, v.y, acc.y);
+        acc.z = fmaf(wt, v.z, acc.z);
+        acc.w = fmaf(wt, v.w, acc.w);
+    }
+}
+
+__device__ __forceinline__ void store_out4(dtype_t* p, float4 acc, float lsum) {
+    const float inv = lsum > 0.f ? 1.f / lsum : 0.f;  // l = 0: empty sequence, o = 0
+    union { uint2 u; dtype_t e[4]; } pk;
+    pk.e[0] = from_f32<dtype_t>(acc.x * inv);
+    pk.e[1] = from_f32<dtype_t>(acc.y * inv);
+    pk.e[2] = from_f32<dtype_t>(acc.z * inv);
+    pk.e[3] = from_f32<dtype_t>(acc.w * inv);
+    *reinterpret_cast<uint2*>(p) = pk.u;
+}
+
+extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS)
+decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict__ k_cache,
+                        const dtype_t* __restrict__ v_cache, const int* __restrict__ block_tables,
+                        const int* __restrict__ seq_lens, dtype_t* __restrict__ out,
+                        float* __restrict__ part_o, float2* __restrict__ part_ml,
+                        int* __restrict__ counters, int* __restrict__ fallback_count,
+                        int num_q_heads, int num_kv_heads, int max_blocks, int log2_bs,
+                        float scale_log2, float phi, float lo, float hi) {
+    const int split = blockIdx.x, num_splits = gridDim.x, hblk = blockIdx.y, b = blockIdx.z;
+    const int head0 = hblk * GROUP;  // first query head of this block
+    const int kv_head = head0 / (num_q_heads / num_kv_heads);
+    const int len = seq_lens[b];
+    const int chunk = cdiv(cdiv(max(len, 1), num_splits), STEP) * STEP;
+    const int num_active = max(1, cdiv(len, chunk));
+    if (split >= num_active) return;  // empty split: writes nothing, the merge skips it
+    const int start = split * chunk, end = min(len, start + chunk);
+
+    __shared__ BlockSmem sm;
+    const int dvec = (threadIdx.x & 31) % LANES_PER_TOK;
+    float qf[GROUP][VEC];
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g) {
+        unpack8(*reinterpret_cast<const uint4*>(q + ((size_t)b * num_q_heads + head0 + g) * HEAD_DIM +
+                                                dvec * VEC),
+                qf[g]);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) qf[g][i] *= scale_log2;  // scores come out in log2 units
+    }
+    const int* bt = block_tables + (size_t)b * max_blocks;
+    float m[GROUP], l[GROUP], o[GROUP][VEC], m_true[GROUP];
+    attend_chunk<IS_ASYNC != 0>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs, start,
+                                end, phi, m, l, o, m_true);
+    stash_warp(sm, m, l, o, m_true);
+    __syncthreads();
+#if IS_ASYNC
+    if (threadIdx.x == 0) {
+        bool is_out = false;
+        for (int g = 0; g < GROUP; ++g) {
+            float mt = NEG_INF;
+            for (int w = 0; w < NUM_WARPS; ++w) mt = fmaxf(mt, sm.m_true[w][g]);
+            is_out |= !(mt >= phi + lo && mt <= phi + hi);
+        }
+        is_out &= start < end;
+        sm.flag = is_out;
+        if (is_out) atomicAdd(fallback_count, 1);
+    }
+    __syncthreads();
+    if (sm.flag) {  // block-uniform: exactness fallback, recompute with a running max
+        attend_chunk<false>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs, start, end,
+                            phi, m, l, o, m_true);
+        __syncthreads();
+        stash_warp(sm, m, l, o, m_true);
+        __syncthreads();
+    }
+#endif
+    const size_t out_base = ((size_t)b * num_q_heads + head0) * HEAD_DIM;
+    if (num_active == 1) {  // one split (or a short sequence): no workspace, no merge
+        for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {
+            float M, lsum;
+            float4 acc;
+            merge_warps(sm, e / D4, e % D4, M, lsum, acc);
+            store_out4(out + out_base + 4 * e, acc, lsum);
+        }
+        return;
+    }
+    const size_t cell = (size_t)b * gridDim.y + hblk;  // (b, head block)
+    const size_t part_base = (cell * num_splits + split) * GROUP;
+    for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {
+        const int g = e / D4, d4 = e % D4;
+        float M, lsum;
+        float4 acc;
+        merge_warps(sm, g, d4, M, lsum, acc);
+        reinterpret_cast<float4*>(part_o + (part_base + g) * HEAD_DIM)[d4] = acc;
+        if (d4 == 0) part_ml[part_base + g] = make_float2(M, lsum);
+    }
+    // Publish the partials, then count this split in; the last one to arrive merges.
+    __threadfence();
+    __syncthreads();
+    __shared__ int is_last;
+    if (threadIdx.x == 0) is_last = atomicAdd(counters + cell, 1) == num_active - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const float4* po = reinterpret_cast<const float4*>(part_o + cell * num_splits * GROUP * HEAD_DIM);
+    const float2* pml = part_ml + cell * num_splits * GROUP;
+    for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {
+        const int g = e / D4, d4 = e % D4;
+        // One pass with a running max: the loads of 8 splits are independent and issue
+        // together (one L2 round trip per 8 splits instead of two passes).
+        float M = NEG_INF, lsum = 0.f;
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+        for (int s = 0; s < num_active; ++s) {
+            const float2 ml = __ldcg(pml + s * GROUP + g);
+            const float4 v = __ldcg(po + (s * GROUP + g) * D4 + d4);
+            const float M_new = fmaxf(M, ml.x);
+            const float a = merge_weight(M, M_new), wt = merge_weight(ml.x, M_new);
+            lsum = fmaf(wt, ml.y, lsum * a);
+            acc.x = fmaf(wt, v.x, acc.x * a);
+            acc.y = fmaf(wt, v.y, acc.y * a);
+            acc.z = fmaf(wt, v.z, acc.z * a);
+            acc.w = fmaf(wt, v.w, acc.w * a);
+            M = M_new;
+        }
+        store_out4(out + out_base + 4 * e, acc, lsum);
+    }
+    if (threadIdx.x == 0) counters[cell] = 0;  // ready for the next launch (graph replay)
+}

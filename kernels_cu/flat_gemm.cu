@@ -1,0 +1,397 @@
+// flat_gemm.cu: flat GEMM on tensor cores (FlashDecoding++ section 4: M small, N and K large).
+//
+//   y[m, n] = sum_k x[m, k] * w[n, k]  (+ bias[n])  (+ res[m, n])      fp32 accumulation
+//
+//   x    [M, K]   row-major, T (fp16 or bf16), K % 8 == 0, 16-byte aligned rows
+//   w    [N, K]   row-major, T (HF nn.Linear layout)
+//   bias [N], res [M, N] (may alias y), y [M, N]: T
+//   ws   [split, M, N] float32 partials and counters [gridDim.x * gridDim.z] uint32 (zeroed once,
+//        self-resetting) only when split > 1, as in gemv.cu.
+//
+// Formulation: we compute y^T = w x^T with mma.sync.m16n8k16, w as the 16-row A operand (row-major
+// [n, k], exactly HF layout) and x as the 8-column B operand (x [m, k] row-major is B "col"),
+// so M is padded only to a multiple of 8, not 16 or 64.
+//
+// Block tile: BN = 16 * FN * WARPS_N rows of w  x  BM columns (rows of x)  x  BK of K per stage.
+// Warp (wn, wk) owns rows [wn * 16 * FN, +16 * FN) and the K sub-slice [wk * BK / WARPS_K, +BK /
+// WARPS_K) of every stage (WARPS_K > 1 = intra-block split-K, reduced in shared memory).
+// Loads: cp.async.cg 16-byte copies into a STAGES-deep ring of shared-memory tiles (the copy of
+// K-tile kt + STAGES - 1 is in flight while tile kt is multiplied); 16-byte chunks XOR-swizzled
+// by (row & 7) so ldmatrix is conflict-free.  Grid: x = cdiv(N, BN), y = split-K slices of
+// k_chunk (multiple of BK), z = cdiv(M, BM).
+//
+// Defines: DTYPE_BF16, DIRECT (which kernel), FM (BM = 8 * FM: 1..16), FN (1, 2),
+//          WARPS_N, WARPS_K, BK (64, 128),
+//          STAGES (2..8), HAS_BIAS, HAS_RES.
+//
+// Kernels:
+//   flat_gemm_kernel    w and x tiles staged through shared memory (cp.async ring, ldmatrix).
+//   flat_direct_kernel  no shared memory for w: each lane loads its mma A fragments straight
+//       from global memory with 16-byte loads.  Inside each 32-wide k block, lane (g, t) loads
+//       w[n0 + g][kb + 8t : +8], w[n0 + g + 8][same] and x[m0 + g][same]; its 8 physical k
+//       values fill the logical k slots {2t, 2t+1, 2t+8, 2t+9} of two k16 mma steps.  A and B
+//       use the same physical -> logical k map, so the dot products are unchanged.  Like
+//       gemv.cu it streams w with many 16-byte loads in flight and no barriers, but the
+//       tensor cores do the FMAs, so M up to 16-32 costs about what M = 1 does.  x is read
+//       through L1 (it is small and shared by all warps).
+//       Defines: FN (m16 fragments per warp), FM (n8 fragments: BM = 8 * FM), WARPS_N,
+//       WARPS_K (warps of a block splitting K, reduced in shared memory), UNROLL (32-wide k
+//       blocks per lane per iteration).
+//
+// Variants / when each wins (H100 tuning of 24 decode shapes, docs/flat_gemm_notes.md):
+//   0. flat_direct_kernel: M = 3..8 on most shapes (M <= 16 on wide ones: gate_up, small K),
+//      best with many warps per block and few loads per warp (WARPS_K 8-16, UNROLL 1-2).
+//   1. flat_gemm_kernel, BM = 16..32, BK = 128, WARPS_N = 2, WARPS_K = 4: M = 8..32 on
+//      qkv / o / down / lm_head.
+//   2. M >= 64: cuBLAS (outside graph capture); this file's kernels are the capture fallback.
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#ifndef DTYPE_BF16
+#define DTYPE_BF16 0
+#endif
+#ifndef FM
+#define FM 1
+#endif
+#ifndef BM
+#define BM (8 * FM)
+#endif
+#ifndef UNROLL
+#define UNROLL 4
+#endif
+#ifndef DIRECT
+#define DIRECT 0  // 1: build flat_direct_kernel only, 0: flat_gemm_kernel only
+#endif
+#ifndef FN
+#define FN 1
+#endif
+#ifndef WARPS_N
+#define WARPS_N 4
+#endif
+#ifndef WARPS_K
+#define WARPS_K 1
+#endif
+#ifndef BK
+#define BK 64
+#endif
+#ifndef STAGES
+#define STAGES 4
+#endif
+#ifndef HAS_BIAS
+#define HAS_BIAS 0
+#endif
+#ifndef HAS_RES
+#define HAS_RES 0
+#endif
+
+#define BN (16 * FN * WARPS_N)
+#define NT (32 * WARPS_N * WARPS_K)
+#define CHUNKS (BK / 8)  // 16-byte chunks per tile row
+#define CPAD 4           // fp32 pad per row of the C tile: 2 * (BN + 4) % 32 == 8, conflict-free
+
+#if DTYPE_BF16
+typedef __nv_bfloat16 T;
+#define MMA_TYPE "bf16"
+__device__ __forceinline__ float elem_to_float(T v) { return __bfloat162float(v); }
+__device__ __forceinline__ T float_to_elem(float v) { return __float2bfloat16_rn(v); }
+#else
+typedef __half T;
+#define MMA_TYPE "f16"
+__device__ __forceinline__ float elem_to_float(T v) { return __half2float(v); }
+__device__ __forceinline__ T float_to_elem(float v) { return __float2half_rn(v); }
+#endif
+
+// element offset of (row, 16-byte chunk ch) in a [rows, BK] swizzled tile
+__device__ __forceinline__ int swz(int row, int ch) { return row * BK + ((ch ^ (row & 7)) << 3); }
+
+__device__ __forceinline__ void cp_async16(T* dst, const T* src, bool valid) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    const int n = valid ? 16 : 0;  // 0: zero-fill the 16 bytes
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N_PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N_PENDING));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const T* p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x2(unsigned r[2], const T* p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(a));
+}
+__device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], const unsigned b[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_TYPE "." MMA_TYPE ".f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias, const T* res,
+                                          int m, int n, int N) {
+#if HAS_BIAS
+    v += elem_to_float(bias[n]);
+#endif
+#if HAS_RES
+    v += elem_to_float(res[(size_t)m * N + n]);
+#endif
+    return v;
+}
+
+#if !DIRECT
+extern "C" __global__ void __launch_bounds__(NT)
+flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                 const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
+                 int M, int N, int K, int k_chunk) {
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    T* ring = reinterpret_cast<T*>(smem_raw);  // STAGES x ([BN, BK] w tile, [BM, BK] x tile)
+    __shared__ unsigned s_is_last;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wn = warp % WARPS_N, wk = warp / WARPS_N;
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.z * BM;
+    const int split = gridDim.y, s = blockIdx.y;
+    const int k_begin = s * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+    const int num_tiles = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
+
+    auto load_tile = [&](int kt, int stage) {
+        T* ws_ = ring + stage * (BN + BM) * BK;
+        T* xs_ = ws_ + BN * BK;
+        const int kb = k_begin + kt * BK;
+#pragma unroll
+        for (int c = tid; c < (BN + BM) * CHUNKS; c += NT) {
+            const int row = c / CHUNKS, ch = c % CHUNKS;
+            const int k = kb + ch * 8;
+            if (row < BN) {
+                const bool ok = n0 + row < N && k < k_end;
+                cp_async16(ws_ + swz(row, ch), ok ? w + (size_t)(n0 + row) * K + k : w, ok);
+            } else {
+                const int r = row - BN;
+                const bool ok = m0 + r < M && k < k_end;
+                cp_async16(xs_ + swz(r, ch), ok ? x + (size_t)(m0 + r) * K + k : x, ok);
+            }
+        }
+    };
+
+    float acc[FN][FM][4];
+#pragma unroll
+    for (int i = 0; i < FN; ++i)
+#pragma unroll
+        for (int j = 0; j < FM; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < num_tiles) load_tile(st, st);
+        cp_async_commit();
+    }
+
+    for (int kt = 0; kt < num_tiles; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // tile kt landed for everyone; stage (kt-1) % STAGES is free again
+        const int nxt = kt + STAGES - 1;
+        if (nxt < num_tiles) load_tile(nxt, nxt % STAGES);
+        cp_async_commit();
+
+        const T* ws_ = ring + (kt % STAGES) * (BN + BM) * BK;
+        const T* xs_ = ws_ + BN * BK;
+#pragma unroll
+        for (int kk = wk * (BK / WARPS_K); kk < (wk + 1) * (BK / WARPS_K); kk += 16) {
+            unsigned a[FN][4];
+#pragma unroll
+            for (int fn = 0; fn < FN; ++fn) {
+                const int row = (wn * FN + fn) * 16 + (lane & 15);
+                ldmatrix_x4(a[fn], ws_ + swz(row, (kk >> 3) + (lane >> 4)));
+            }
+#pragma unroll
+            for (int fm = 0; fm < FM; ++fm) {
+                unsigned b[2];
+                const int row = fm * 8 + (lane & 7);
+                ldmatrix_x2(b, xs_ + swz(row, (kk >> 3) + ((lane >> 3) & 1)));
+#pragma unroll
+                for (int fn = 0; fn < FN; ++fn) mma16816(acc[fn][fm], a[fn], b);
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // ring is reused as the C tile
+
+    // fragments -> C tile cs[wk][m][n] (fp32). c0: (n = g, m = 2t), c1: (g, 2t+1), c2/c3: n + 8
+    float* cs = reinterpret_cast<float*>(smem_raw);
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int fn = 0; fn < FN; ++fn)
+#pragma unroll
+        for (int fm = 0; fm < FM; ++fm) {
+            const int n = (wn * FN + fn) * 16 + g, m = fm * 8 + 2 * t;
+            float* c = cs + (wk * BM + m) * (BN + CPAD) + n;
+            c[0] = acc[fn][fm][0];
+            c[BN + CPAD] = acc[fn][fm][1];
+            c[8] = acc[fn][fm][2];
+            c[BN + CPAD + 8] = acc[fn][fm][3];
+        }
+    __syncthreads();
+
+    for (int i = tid; i < BM * BN; i += NT) {
+        const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
+        float v = 0.f;
+#pragma unroll
+        for (int j = 0; j < WARPS_K; ++j) v += cs[(j * BM + m) * (BN + CPAD) + n];
+        if (gm < M && gn < N) {
+            if (split == 1) y[(size_t)gm * N + gn] = float_to_elem(epilogue(v, bias, res, gm, gn, N));
+            else ws[((size_t)s * M + gm) * N + gn] = v;
+        }
+    }
+    if (split == 1) return;
+
+    __threadfence();
+    __syncthreads();
+    const int tile = blockIdx.z * gridDim.x + blockIdx.x;
+    if (tid == 0) s_is_last = atomicAdd(&counters[tile], 1u) == (unsigned)(split - 1);
+    __syncthreads();
+    if (!s_is_last) return;
+    __threadfence();
+    for (int i = tid; i < BM * BN; i += NT) {
+        const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
+        if (gm >= M || gn >= N) continue;
+        float v = 0.f;
+        for (int j = 0; j < split; ++j) v += __ldcg(ws + ((size_t)j * M + gm) * N + gn);
+        y[(size_t)gm * N + gn] = float_to_elem(epilogue(v, bias, res, gm, gn, N));
+    }
+    if (tid == 0) counters[tile] = 0u;
+}
+
+#endif  // !DIRECT
+
+#if DIRECT
+__device__ __forceinline__ uint4 ldg_stream16(const T* p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+extern "C" __global__ void __launch_bounds__(NT)
+flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                   const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
+                   int M, int N, int K, int k_chunk) {
+    __shared__ float cs[WARPS_K * BM * (BN + CPAD)];
+    __shared__ unsigned s_is_last;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wn = warp % WARPS_N, wk = warp / WARPS_N;
+    const int g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.z * BM;
+    const int split = gridDim.y, s = blockIdx.y;
+    const int k_begin = s * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+
+    const T* wlo[FN];
+    const T* whi[FN];
+#pragma unroll
+    for (int fn = 0; fn < FN; ++fn) {
+        const int r = n0 + (wn * FN + fn) * 16 + g;
+        wlo[fn] = w + (size_t)min(r, N - 1) * K + 8 * t;
+        whi[fn] = w + (size_t)min(r + 8, N - 1) * K + 8 * t;
+    }
+    const T* xr[FM];
+    bool x_ok[FM];
+#pragma unroll
+    for (int fm = 0; fm < FM; ++fm) {
+        const int r = m0 + fm * 8 + g;
+        x_ok[fm] = r < M;
+        xr[fm] = x + (size_t)min(r, M - 1) * K + 8 * t;
+    }
+
+    float acc[FN][FM][4];
+#pragma unroll
+    for (int i = 0; i < FN; ++i)
+#pragma unroll
+        for (int j = 0; j < FM; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    for (int kb = k_begin + wk * 32 * UNROLL; kb < k_end; kb += WARPS_K * 32 * UNROLL) {
+        uint4 alo[UNROLL][FN], ahi[UNROLL][FN], b[UNROLL][FM];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int k = kb + 32 * u;
+            const bool ok = k + 8 * t < k_end;
+#pragma unroll
+            for (int fn = 0; fn < FN; ++fn) {
+                alo[u][fn] = ok ? ldg_stream16(wlo[fn] + k) : zero;
+                ahi[u][fn] = ok ? ldg_stream16(whi[fn] + k) : zero;
+            }
+#pragma unroll
+            for (int fm = 0; fm < FM; ++fm)
+                b[u][fm] = ok && x_ok[fm] ? __ldg(reinterpret_cast<const uint4*>(xr[fm] + k)) : zero;
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u)
+#pragma unroll
+            for (int fn = 0; fn < FN; ++fn)
+#pragma unroll
+                for (int fm = 0; fm < FM; ++fm) {
+                    const unsigned a0[4] = {alo[u][fn].x, ahi[u][fn].x, alo[u][fn].y, ahi[u][fn].y};
+                    const unsigned b0[2] = {b[u][fm].x, b[u][fm].y};
+                    mma16816(acc[fn][fm], a0, b0);
+                    const unsigned a1[4] = {alo[u][fn].z, ahi[u][fn].z, alo[u][fn].w, ahi[u][fn].w};
+                    const unsigned b1[2] = {b[u][fm].z, b[u][fm].w};
+                    mma16816(acc[fn][fm], a1, b1);
+                }
+    }
+
+    // fragments -> C tile cs[wk][m][n]; c0: (n = g, m = 2t), c1: (g, 2t+1), c2/c3: n + 8
+#pragma unroll
+    for (int fn = 0; fn < FN; ++fn)
+#pragma unroll
+        for (int fm = 0; fm < FM; ++fm) {
+            const int n = (wn * FN + fn) * 16 + g, m = fm * 8 + 2 * t;
+            float* c = cs + (wk * BM + m) * (BN + CPAD) + n;
+            c[0] = acc[fn][fm][0];
+            c[BN + CPAD] = acc[fn][fm][1];
+            c[8] = acc[fn][fm][2];
+            c[BN + CPAD + 8] = acc[fn][fm][3];
+        }
+    __syncthreads();
+
+    for (int i = tid; i < BM * BN; i += NT) {
+        const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
+        float v = 0.f;
+#pragma unroll
+        for (int j = 0; j < WARPS_K; ++j) v += cs[(j * BM + m) * (BN + CPAD) + n];
+        if (gm < M && gn < N) {
+            if (split == 1) y[(size_t)gm * N + gn] = float_to_elem(epilogue(v, bias, res, gm, gn, N));
+            else ws[((size_t)s * M + gm) * N + gn] = v;
+        }
+    }
+    if (split == 1) return;
+
+    __threadfence();
+    __syncthreads();
+    const int tile = blockIdx.z * gridDim.x + blockIdx.x;
+    if (tid == 0) s_is_last = atomicAdd(&counters[tile], 1u) == (unsigned)(split - 1);
+    __syncthreads();
+    if (!s_is_last) return;
+    __threadfence();
+    for (int i = tid; i < BM * BN; i += NT) {
+        const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
+        if (gm >= M || gn >= N) continue;
+        float v = 0.f;
+        for (int j = 0; j < split; ++j) v += __ldcg(ws + ((size_t)j * M + gm) * N + gn);
+        y[(size_t)gm * N + gn] = float_to_elem(epilogue(v, bias, res, gm, gn, N));
+    }
+    if (tid == 0) counters[tile] = 0u;
+}
+#endif  // DIRECT

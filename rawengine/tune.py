@@ -1,0 +1,316 @@
+"""`rawengine tune MODEL | --preset NAME`: build the flat-GEMM dispatch table for this GPU.
+
+For each linear shape (N, K) of the model and each M of a geometric subset of 1..8192, every
+implementation (gemv / flat with a few tile configs / cuBLAS) is timed; the fastest per M is
+kept and runs of equal choices are merged into M buckets (the inflection points). The table
+is written as JSON keyed by GPU name and "NxK" into $RAWENGINE_CACHE/tuning or
+~/.cache/rawengine/tuning, where rawengine.backends.cuda.gemm reads it (never tuning online).
+
+Timing: our kernels as CUDA-graph replays, weights rotated over enough copies that L2 (50 MB
+on H100) cannot hold them; cuBLAS (not capturable in CuPy) as back-to-back eager calls
+timed with events, rotated the same way. cuBLAS entries apply outside capture only; inside
+capture the dispatcher replaces them with 'flat'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+PRESETS = {  # hidden, q heads, kv heads, head_dim, intermediate, vocab
+    "smollm2-135m": (576, 9, 3, 64, 1536, 49152),
+    "llama-3.2-1b": (2048, 32, 8, 64, 8192, 128256),
+    "llama-2-7b": (4096, 32, 32, 128, 11008, 32000),
+    "llama-3-8b": (4096, 32, 8, 128, 14336, 128256),
+    "qwen2.5-7b": (3584, 28, 4, 128, 18944, 152064),
+}
+M_SAMPLES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 2048, 4096, 8192]
+GEMV_CONFIGS = [
+    dict(rows=2, warps=4, unroll=4),
+    dict(rows=2, warps=4, unroll=4, split=1),
+    dict(rows=1, warps=4, unroll=8),
+    dict(rows=4, warps=4, unroll=2),
+    dict(rows=4, warps=8, unroll=2),
+    dict(rows=2, warps=8, unroll=4, split=1),
+]
+FLAT_DIRECT_CONFIGS = [
+    dict(kernel="direct", fn=1, warps_n=1, warps_k=8, unroll=2),
+    dict(kernel="direct", fn=2, warps_n=1, warps_k=4, unroll=2),
+    dict(kernel="direct", fn=1, warps_n=1, warps_k=4, unroll=4, split=1),
+    dict(kernel="direct", fn=1, warps_n=1, warps_k=16, unroll=1),
+    dict(kernel="direct", fn=2, warps_n=1, warps_k=8, unroll=1),
+    dict(kernel="direct", fn=2, warps_n=1, warps_k=8, unroll=2),
+    dict(kernel="direct", fn=4, warps_n=1, warps_k=4, unroll=1),
+]
+FLAT_SMEM_CONFIGS = [
+    dict(kernel="smem", fn=1, warps_n=4, warps_k=1, bk=64, stages=4),
+    dict(kernel="smem", fn=1, warps_n=2, warps_k=2, bk=128, stages=4),
+    dict(kernel="smem", fn=2, warps_n=2, warps_k=2, bk=64, stages=5),
+    dict(kernel="smem", fn=2, warps_n=4, warps_k=1, bk=128, stages=3),
+    dict(kernel="smem", fn=1, warps_n=2, warps_k=4, bk=128, stages=4),
+]
+L2_ROTATE_BYTES = 160 << 20  # rotate weights over >= this many bytes (> 3x the H100 L2)
+
+
+def shapes_for(hidden, heads, kv_heads, head_dim, inter, vocab) -> dict[str, tuple[int, int]]:
+    """name -> (N, K) of each linear of one layer, plus the LM head."""
+    return {
+        "qkv": ((heads + 2 * kv_heads) * head_dim, hidden),
+        "o": (hidden, heads * head_dim),
+        "gate_up": (2 * inter, hidden),
+        "down": (hidden, inter),
+        "lm_head": (vocab, hidden),
+    }
+
+
+def shapes_from_config(path: str) -> dict[str, tuple[int, int]]:
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    h, nh = cfg["hidden_size"], cfg["num_attention_heads"]
+    return shapes_for(h, nh, cfg.get("num_key_value_heads", nh), cfg.get("head_dim") or h // nh,
+                      cfg["intermediate_size"], cfg["vocab_size"])
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("RAWENGINE_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "rawengine") / "tuning"
+
+
+def table_filename(gpu: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in gpu) + ".json"
+
+
+# --- timing ----------------------------------------------------------------------------------
+class Problem:
+    """Device buffers for one (M, N, K): x, y and num_copies rotated copies of w."""
+
+    def __init__(self, M, N, K, dtype="float16", seed=0):
+        import cupy as cp
+
+        wbytes = N * K * 2
+        self.num_copies = max(3, min(64, math.ceil(L2_ROTATE_BYTES / wbytes)))
+        rs = cp.random.RandomState(seed)
+        base = (rs.standard_normal((N, K), dtype=cp.float32) / math.sqrt(K)).astype(dtype)
+        self.ws = [base] + [base.copy() for _ in range(self.num_copies - 1)]
+        self.x = rs.standard_normal((M, K), dtype=cp.float32).astype(dtype)
+        self.y = cp.empty((M, N), dtype)
+        self.M, self.N, self.K = M, N, K
+        self.weight_bytes = wbytes
+        cp.cuda.Device().synchronize()  # timing streams do not wait for the null stream
+
+
+def _events():
+    import cupy as cp
+
+    return cp.cuda.Event(), cp.cuda.Event()
+
+
+def time_graph(launch, num_copies: int, reps: int = 15) -> float:
+    """Median us per call of launch(i), i over the copies, as CUDA-graph replays."""
+    import cupy as cp
+
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        for i in range(num_copies):
+            launch(i)
+        stream.synchronize()
+        stream.begin_capture()
+        try:
+            for i in range(num_copies):
+                launch(i)
+        finally:
+            graph = stream.end_capture()
+        graph.launch(stream)
+        graph.launch(stream)
+        start, end = _events()
+        times = []
+        for _ in range(reps):
+            start.record(stream)
+            graph.launch(stream)
+            end.record(stream)
+            end.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, end))
+    return statistics.median(times) * 1000.0 / num_copies
+
+
+def time_eager(launch, num_copies: int, reps: int = 10) -> float:
+    """Median us per call of back-to-back eager calls (for cuBLAS, which CuPy cannot capture)."""
+    import cupy as cp
+
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        for i in range(num_copies):
+            launch(i)
+        stream.synchronize()
+        start, end = _events()
+        times = []
+        for _ in range(reps):
+            start.record(stream)
+            for i in range(num_copies):
+                launch(i)
+            end.record(stream)
+            end.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, end))
+    return statistics.median(times) * 1000.0 / num_copies
+
+
+def time_impl(p: Problem, impl: str, params: dict) -> float:
+    from rawengine.backends.cuda import gemm
+
+    def launch(i):
+        gemm.run_impl(impl, p.x, p.ws[i], p.y, **params)
+
+    if impl == "cublas":
+        return time_eager(launch, p.num_copies, reps=6)
+    return time_graph(launch, p.num_copies, reps=8)
+
+
+def candidates(M: int, max_m_own: int) -> list[tuple[str, dict]]:
+    out: list[tuple[str, dict]] = [("cublas", {})]
+    if M <= 8:
+        out += [("gemv", c) for c in GEMV_CONFIGS]
+    if M <= 64:
+        bm = next(b for b in (8, 16, 32, 64) if b >= M)
+        out += [("flat", dict(c, bm=bm)) for c in FLAT_DIRECT_CONFIGS
+                if bm <= 16 or c["fn"] * c["unroll"] <= 4]
+    if 8 <= M <= max_m_own:
+        bm = next((b for b in (16, 32, 64, 128) if b >= M), 128)
+        out += [("flat", dict(c, bm=bm)) for c in FLAT_SMEM_CONFIGS]
+    return out
+
+
+# --- table building --------------------------------------------------------------------------
+def pick(results: list[tuple[float, str, dict]]) -> dict:
+    """Winner of one (shape, M) from [(us, impl, params)]; a cuBLAS winner carries the best
+    own kernel as 'fallback' (used inside CUDA-graph capture, where cuBLAS is refused)."""
+    results = sorted(results, key=lambda r: r[0])
+    us, impl, params = results[0]
+    choice = {"impl": impl, "params": params}
+    if impl == "cublas":
+        own = next((r for r in results if r[1] != "cublas"), None)
+        if own is not None:
+            choice["fallback"] = {"impl": own[1], "params": own[2]}
+    return choice
+
+
+def merge_buckets(best: list[tuple[int, dict]]) -> list[dict]:
+    """Per-sample winners [(M, choice)] -> M buckets; a bucket's m_max is the largest sampled
+    M with the same choice; the last bucket extends to any M."""
+    rules: list[dict] = []
+    for m, choice in best:
+        if rules and {k: v for k, v in rules[-1].items() if k != "m_max"} == choice:
+            rules[-1]["m_max"] = m
+        else:
+            rules.append(dict(choice, m_max=m))
+    if rules:
+        rules[-1]["m_max"] = 1 << 30
+    return rules
+
+
+def rules_from_records(records: list[dict]) -> dict[str, list[dict]]:
+    """Rebuild table entries {"NxK": rules} from saved timings (tune --records)."""
+    by: dict[tuple[int, int], dict[int, list]] = {}
+    for r in records:
+        by.setdefault((r["N"], r["K"]), {}).setdefault(r["M"], []).append(
+            (r["us"], r["impl"], r["params"]))
+    return {f"{n}x{k}": merge_buckets([(m, pick(res)) for m, res in sorted(per_m.items())])
+            for (n, k), per_m in by.items()}
+
+
+def tune_shape(N: int, K: int, m_list, max_m_own: int, log) -> tuple[list[dict], list[dict]]:
+    import cupy as cp
+
+    best, records = [], []
+    for M in m_list:
+        p = Problem(M, N, K)
+        results = []
+        for impl, params in candidates(M, max_m_own):
+            try:
+                us = time_impl(p, impl, params)
+            except Exception as e:  # noqa: BLE001 - a config that cannot launch is skipped
+                log(f"    skip {impl} {params}: {type(e).__name__}: {e}")
+                continue
+            results.append((us, impl, params))
+            records.append(dict(N=N, K=K, M=M, impl=impl, params=params, us=us))
+        choice = pick(results)
+        us = min(r[0] for r in results)
+        cub = next(r[0] for r in results if r[1] == "cublas")
+        log(f"  N={N} K={K} M={M:5d}: {choice['impl']:6s} {us:9.1f} us  (cublas {cub:9.1f} us)"
+            f" {choice['params']}")
+        best.append((M, choice))
+        del p
+        cp.get_default_memory_pool().free_all_blocks()
+    return merge_buckets(best), records
+
+
+def write_table(gpu: str, shapes: dict, path: Path) -> None:
+    data = {"gpu": gpu, "dtype": "float16", "shapes": {}}
+    if path.exists():
+        data = json.loads(path.read_text())
+    data["shapes"].update(shapes)
+    data["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def tune_main(argv: list[str] | None = None) -> int:
+    """Entry point for `rawengine tune`; returns the exit status."""
+    ap = argparse.ArgumentParser(prog="rawengine tune", description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", help="HF model directory (reads config.json)")
+    ap.add_argument("--preset", action="append", default=[],
+                    help=f"one of {', '.join(PRESETS)} or 'all' (repeatable)")
+    ap.add_argument("--m", type=str, default=None, help="comma-separated M values to sample")
+    ap.add_argument("--max-m-own", type=int, default=512,
+                    help="largest M at which our kernels are timed (cuBLAS alone above)")
+    ap.add_argument("--out", type=str, default=None, help="table file (default: user cache)")
+    ap.add_argument("--records", type=str, default=None, help="also write every timing here")
+    ap.add_argument("--from-records", type=str, default=None,
+                    help="rebuild the table from a --records file instead of timing (needs --gpu)")
+    ap.add_argument("--gpu", type=str, default=None, help="GPU name for --from-records")
+    args = ap.parse_args(argv)
+    if args.from_records:
+        gpu = args.gpu or "NVIDIA H100 80GB HBM3"
+        out = Path(args.out) if args.out else cache_dir() / table_filename(gpu)
+        recs = json.loads(Path(args.from_records).read_text())
+        write_table(gpu, rules_from_records(recs), out)
+        print(f"wrote {out}")
+        return 0
+
+    shapes: dict[tuple[int, int], str] = {}
+    names = list(PRESETS) if "all" in args.preset else args.preset
+    for name in names:
+        if name not in PRESETS:
+            print(f"unknown preset {name!r}; known: {', '.join(PRESETS)}", file=sys.stderr)
+            return 2
+        for op, nk in shapes_for(*PRESETS[name]).items():
+            shapes.setdefault(nk, f"{name}.{op}")
+    if args.model:
+        for op, nk in shapes_from_config(args.model).items():
+            shapes.setdefault(nk, op)
+    if not shapes:
+        ap.print_usage(sys.stderr)
+        return 2
+
+    from rawengine.backends.cuda import gemm
+
+    gpu = gemm.gpu_name()
+    m_list = [int(v) for v in args.m.split(",")] if args.m else M_SAMPLES
+    out = Path(args.out) if args.out else cache_dir() / table_filename(gpu)
+    table, records = {}, []
+    t0 = time.time()
+    for i, ((N, K), label) in enumerate(shapes.items()):
+        print(f"[{i + 1}/{len(shapes)}] {label} {N}x{K} on {gpu}", flush=True)
+        rules, recs = tune_shape(N, K, m_list, args.max_m_own, lambda s: print(s, flush=True))
+        table[f"{N}x{K}"] = rules
+        records += recs
+        write_table(gpu, {f"{N}x{K}": rules}, out)  # keep partial progress
+    print(f"wrote {out} ({len(table)} shapes, {time.time() - t0:.0f} s)")
+    if args.records:
+        Path(args.records).write_text(json.dumps(records, indent=0))
+    gemm.reload_tables()
+    return 0

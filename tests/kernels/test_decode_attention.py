@@ -1,0 +1,270 @@
+"""kernels_cu/decode_attention.cu vs the float32 NumPy reference (2x rule), NaN-poisoned
+outputs and unused KV slots, awkward lengths / head dims / GQA groups / page sizes, split vs
+single-split, async (unified max) vs sync under adversarial logits, CUDA-graph replay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+cp = pytest.importorskip("cupy")
+try:
+    if cp.cuda.runtime.getDeviceCount() < 1:
+        pytest.skip("no CUDA device", allow_module_level=True)
+except Exception:  # noqa: BLE001 - no driver
+    pytest.skip("no CUDA driver", allow_module_level=True)
+
+from rawengine.backends.cuda.attention import decode_attention, get_workspace  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+LENS = [1, 7, 97, 1025, 4099]
+
+
+def f32_to_bf16_bits(x):
+    """float32 -> bfloat16 bits, round to nearest even (NaN stays NaN)."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_bits_to_f32(bits):
+    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
+
+
+def round_to(x, dtype):
+    """float32 values of x rounded to the kernel dtype ('fp16' | 'bf16')."""
+    x = np.asarray(x, np.float32)
+    if dtype == "fp16":
+        return x.astype(np.float16).astype(np.float32)
+    return bf16_bits_to_f32(f32_to_bf16_bits(x))
+
+
+def to_device(x, dtype):
+    x = np.asarray(x, np.float32)
+    host = x.astype(np.float16) if dtype == "fp16" else f32_to_bf16_bits(x)
+    return cp.asarray(host)
+
+
+def from_device(a, dtype):
+    h = cp.asnumpy(a)
+    return h.astype(np.float32) if dtype == "fp16" else bf16_bits_to_f32(h)
+
+
+class Case:
+    """A ragged batch in a NaN-poisoned paged cache; host copies hold the exact values."""
+
+    def __init__(self, rng, lens, hq, hkv, d, bs, dtype, kv_fn=None, q_fn=None):
+        self.lens, self.hq, self.hkv, self.d, self.dtype = lens, hq, hkv, d, dtype
+        pages = [-(-n // bs) for n in lens]
+        max_blocks = max(pages) + 2
+        nb = sum(pages) + 3
+        perm = rng.permutation(nb)  # scattered pages, block 0 not special
+        tables = np.zeros((len(lens), max_blocks), np.int32)
+        kc = np.full((nb, hkv, bs, d), np.nan, np.float32)  # unused slots stay NaN
+        vc = kc.copy()
+        self.k, self.v, used = [], [], 0
+        for b, n in enumerate(lens):
+            ids = perm[used:used + pages[b]]
+            used += pages[b]
+            tables[b, :pages[b]] = ids
+            k = kv_fn(rng, n, hkv, d, "k") if kv_fn else rng.standard_normal((n, hkv, d))
+            v = kv_fn(rng, n, hkv, d, "v") if kv_fn else rng.standard_normal((n, hkv, d))
+            k, v = round_to(k, dtype), round_to(v, dtype)
+            self.k.append(k)
+            self.v.append(v)
+            j = np.arange(n)
+            kc[ids[j // bs], :, j % bs] = k  # advanced indices around a slice: [n, Hkv, D]
+            vc[ids[j // bs], :, j % bs] = v
+        q = q_fn(rng, len(lens), hq, d) if q_fn else rng.standard_normal((len(lens), hq, d))
+        self.q = round_to(q, dtype)
+        self.q_dev = to_device(self.q, dtype)
+        self.k_dev, self.v_dev = to_device(kc, dtype), to_device(vc, dtype)
+        self.tables = cp.asarray(tables)
+        self.seq_lens = cp.asarray(np.asarray(lens, np.int32))
+
+    def run(self, scale, **kw):
+        out = to_device(np.full((len(self.lens), self.hq * self.d), np.nan), self.dtype)
+        decode_attention(self.q_dev, self.k_dev, self.v_dev, self.tables, self.seq_lens, scale,
+                         max_seq_len=max(self.lens), out=out, **kw)
+        return from_device(out, self.dtype).reshape(len(self.lens), self.hq, self.d)
+
+    def reference(self, scale, lowp=False, lens=None):
+        """float64 reference; lowp: the same computation rounded to the kernel dtype at each
+        stage (scores, probabilities, output), which sets the error budget."""
+        g = self.hq // self.hkv
+        out = np.zeros((len(self.lens), self.hq, self.d))
+        r = (lambda x: round_to(x, self.dtype).astype(np.float64)) if lowp else (lambda x: x)
+        for b, n in enumerate(lens or self.lens):
+            for h in range(self.hq):
+                k = self.k[b][:n, h // g].astype(np.float64)
+                v = self.v[b][:n, h // g].astype(np.float64)
+                s = r(scale * (k @ self.q[b, h].astype(np.float64)))
+                p = r(np.exp(s - s.max()))
+                out[b, h] = r(r(p @ v) / p.sum())
+        return out
+
+
+def check(case, out, scale, floor, lens=None):
+    ref = case.reference(scale, lens=lens)
+    assert np.isfinite(out).all(), "unwritten or NaN output"
+    err = np.abs(out - ref).max()
+    budget = 2 * np.abs(case.reference(scale, lowp=True, lens=lens) - ref).max() + floor
+    assert err <= budget, f"max err {err:.3g} > budget {budget:.3g}"
+    return err
+
+
+FLOOR = {"fp16": 2e-4, "bf16": 2e-3}
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2), (8, 2), (16, 2), (32, 2)])  # G 1,3,4,8,16
+@pytest.mark.parametrize("bs", [1, 16])
+@pytest.mark.parametrize("variant", ["sync", "async"])
+def test_matches_reference_fp16(d, hq, hkv, bs, variant):
+    rng = np.random.default_rng(hash((d, hq, hkv, bs)) % 2**32)
+    case = Case(rng, LENS, hq, hkv, d, bs, "fp16")
+    scale = d ** -0.5
+    out = case.run(scale, variant=variant, phi=0.0 if variant == "async" else None)
+    check(case, out, scale, FLOOR["fp16"])
+
+
+@pytest.mark.parametrize("d,hq,hkv,bs", [(128, 32, 8, 16), (64, 9, 3, 16), (128, 8, 8, 1)])
+@pytest.mark.parametrize("variant", ["sync", "async"])
+def test_matches_reference_bf16(d, hq, hkv, bs, variant):
+    rng = np.random.default_rng(7)
+    case = Case(rng, LENS, hq, hkv, d, bs, "bf16")
+    scale = d ** -0.5
+    out = case.run(scale, variant=variant, phi=0.0 if variant == "async" else None)
+    check(case, out, scale, FLOOR["bf16"])
+
+
+@pytest.mark.parametrize("splits", [2, 7, 64])
+def test_split_matches_single_split(splits):
+    rng = np.random.default_rng(3)
+    case = Case(rng, [4099, 1025, 1, 97], 32, 8, 128, 16, "fp16")
+    scale = 128 ** -0.5
+    one = case.run(scale, num_splits=1)
+    many = case.run(scale, num_splits=splits)
+    check(case, one, scale, FLOOR["fp16"])
+    check(case, many, scale, FLOOR["fp16"])
+    assert np.abs(one - many).max() <= 2e-3
+
+
+def _big(sign, outlier=None):
+    """K rows whose logits with q = (100, noise) sit near sign * 1e4 (scale 1);
+    outlier: one key index whose logit is +1e4 while the rest stay near 0."""
+    def kv_fn(rng, n, hkv, d, which):
+        x = rng.standard_normal((n, hkv, d)) * 0.1
+        if which == "k":
+            if outlier is None:
+                x[:, :, 0] = sign * 100.0
+            elif outlier < n:
+                x[outlier, :, 0] = 100.0
+        return x
+
+    def q_fn(rng, b, hq, d):
+        x = rng.standard_normal((b, hq, d)) * 0.1
+        x[:, :, 0] = 100.0
+        return x
+    return kv_fn, q_fn
+
+
+def _equal_keys(rng, n, hkv, d, which):
+    if which == "k":
+        return np.repeat(rng.standard_normal((1, hkv, d)), n, axis=0)
+    return rng.standard_normal((n, hkv, d))
+
+
+ADVERSARIAL = {
+    "plus_1e4": (_big(+1), True),
+    "minus_1e4": (_big(-1), True),
+    "one_outlier": (_big(0, outlier=2000), True),
+    "all_equal": ((_equal_keys, None), False),
+}
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_async_adversarial_matches_sync(name):
+    (kv_fn, q_fn), should_fire = ADVERSARIAL[name]
+    rng = np.random.default_rng(11)
+    case = Case(rng, [4099, 2048, 7], 8, 2, 128, 16, "fp16", kv_fn=kv_fn, q_fn=q_fn)
+    scale = 1.0 if q_fn else 128 ** -0.5
+    ws = get_workspace(3, 8, 2, 128, 16)
+    before = int(ws.fallback_count.get()[0])
+    sync = case.run(scale, num_splits=16, workspace=ws)
+    asy = case.run(scale, variant="async", phi=0.0, num_splits=16, workspace=ws)
+    fired = int(ws.fallback_count.get()[0]) - before
+    assert (fired > 0) == should_fire, f"fallback fired {fired} times"
+    assert np.isfinite(asy).all()
+    assert np.abs(asy - sync).max() <= 1e-3
+    ref = case.reference(scale)
+    # logits near 1e4 carry ~1e-3 absolute fp32 rounding in every score: a loose bound
+    assert np.abs(sync - ref).max() <= (5e-2 if q_fn else 2e-3)
+
+
+def test_async_quiet_on_normal_logits_and_empty_splits():
+    rng = np.random.default_rng(5)
+    case = Case(rng, [1, 7, 33], 32, 8, 128, 16, "fp16")  # most of 64 splits are empty
+    scale = 128 ** -0.5
+    ws = get_workspace(3, 32, 8, 128, 64)
+    before = int(ws.fallback_count.get()[0])
+    out = case.run(scale, variant="async", phi=0.0, num_splits=64, workspace=ws)
+    assert int(ws.fallback_count.get()[0]) == before
+    check(case, out, scale, FLOOR["fp16"])
+    sync = case.run(scale, num_splits=64, workspace=ws)
+    assert np.abs(out - sync).max() <= 1e-3
+
+
+def test_async_window_forces_fallback():
+    """A window that excludes the logits must fall back and still be exact."""
+    rng = np.random.default_rng(6)
+    case = Case(rng, [500, 3000], 8, 8, 64, 16, "fp16")
+    scale = 64 ** -0.5
+    ws = get_workspace(2, 8, 8, 64, 8)
+    before = int(ws.fallback_count.get()[0])
+    out = case.run(scale, variant="async", phi=50.0, window=(-5.0, 5.0), num_splits=8,
+                   workspace=ws)
+    assert int(ws.fallback_count.get()[0]) > before
+    check(case, out, scale, FLOOR["fp16"])
+
+
+@pytest.mark.parametrize("variant", ["sync", "async"])
+def test_graph_replay_with_new_lengths(variant):
+    """Captured once with a fixed split count; seq_lens change between replays."""
+    rng = np.random.default_rng(9)
+    case = Case(rng, [3000, 2999, 900, 2048], 32, 8, 128, 16, "fp16")
+    scale = 128 ** -0.5
+    phi = 0.0 if variant == "async" else None
+    ws = get_workspace(4, 32, 8, 128, 12)
+    out = cp.empty((4, 32 * 128), cp.float16)
+    args = (case.q_dev, case.k_dev, case.v_dev, case.tables, case.seq_lens, scale)
+    kw = dict(max_seq_len=4096, variant=variant, phi=phi, workspace=ws, out=out, num_splits=12)
+    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()  # inputs were written on the null stream
+    with stream:
+        decode_attention(*args, **kw)
+        stream.synchronize()
+        stream.begin_capture()
+        decode_attention(*args, **kw)
+        graph = stream.end_capture()
+        for lens in ([3000, 2999, 900, 2048], [5, 2999, 64, 1], [1, 1, 1, 1], [3000, 17, 899, 2]):
+            case.seq_lens[...] = cp.asarray(np.asarray(lens, np.int32))
+            out.fill(np.nan)
+            graph.launch(stream)
+            stream.synchronize()
+            got = out.get().astype(np.float32).reshape(4, 32, 128)
+            check(case, got, scale, FLOOR["fp16"], lens=lens)
+
+
+@pytest.mark.parametrize("cfg", [(4, 4, 0, 1), (8, 4, 1, 2), (4, 2, 1, 1), (2, 4, 0, 1),
+                                 (4, 8, 1, 1)])
+@pytest.mark.parametrize("variant", ["sync", "async"])
+def test_kernel_shapes(cfg, variant):
+    """Every (num_warps, unroll, prefetch, min_blocks) the bench sweeps is correct."""
+    nw, un, pf, mb = cfg
+    rng = np.random.default_rng(13)
+    case = Case(rng, [4099, 97, 1, 1025], 32, 8, 128, 16, "fp16")
+    scale = 128 ** -0.5
+    out = case.run(scale, variant=variant, phi=0.0 if variant == "async" else None,
+                   config=dict(num_warps=nw, unroll=un, prefetch=pf, min_blocks=mb),
+                   num_splits=5)
+    check(case, out, scale, FLOOR["fp16"])

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Compile every kernels_cu/*.cu with nvcc for sm_80 and sm_90 (-Xptxas -v), with the -D variants
+the runtime uses; fail on compile errors and on any local-memory spill.
+
+    python3 tools/check_kernels.py          # exit 0: all clean; prints registers per kernel
+Exits 0 with "skipped: no nvcc" where nvcc is absent. Compiles in parallel (one job per core).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KDIR = ROOT / "kernels_cu"
+ARCHS = ("80", "90")
+BF16 = {"USE_BF16": 1}
+
+# (file, defines) per variant the backends launch; few, but covering every #if branch.
+# Files not listed (other owners' kernels) compile once with their defaults.
+VARIANTS: list[tuple[str, dict]] = [
+    ("embedding.cu", {"VEC": 8}), ("embedding.cu", {"VEC": 1}),
+    ("norm.cu", {"VEC": 8, "NPT": 2, "RESIDUAL": 1}),
+    ("norm.cu", {"VEC": 8, "NPT": 4, "RESIDUAL": 0, **BF16}),
+    ("norm.cu", {"VEC": 1, "NPT": 2, "RESIDUAL": 1}),
+    ("rope.cu", {"HEAD_DIM": 128, "VEC": 8}), ("rope.cu", {"HEAD_DIM": 64, "VEC": 8, **BF16}),
+    ("rope.cu", {"HEAD_DIM": 8, "VEC": 1}),
+    ("activation.cu", {"VEC": 8}), ("activation.cu", {"VEC": 1, **BF16}),
+    ("attention_prefill.cu", {"HEAD_DIM": 128, "ROWS_PER_WARP": 4, "NUM_WARPS": 4}),
+    ("attention_prefill.cu", {"HEAD_DIM": 64, "ROWS_PER_WARP": 4, "NUM_WARPS": 4, **BF16}),
+    ("attention_prefill.cu", {"HEAD_DIM": 8, "ROWS_PER_WARP": 4, "NUM_WARPS": 4}),
+    ("sampling.cu", {}), ("sampling.cu", {"LOGITS_F32": 1, **BF16}),
+]
+
+_FUNC = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)'")
+_SPILL = re.compile(r"(\d+) bytes spill stores")
+_REGS = re.compile(r"Used (\d+) registers")
+
+
+def variants() -> list[tuple[str, dict]]:
+    listed = {f for f, _ in VARIANTS}
+    extra = [(p.name, {}) for p in sorted(KDIR.glob("*.cu")) if p.name not in listed]
+    return VARIANTS + extra
+
+
+def compile_one(nvcc: str, file: str, defines: dict) -> tuple[str, int, str]:
+    cmd = [nvcc, "-std=c++17", "-c", "-o", os.devnull, "-Xptxas", "-v", f"-I{KDIR}"]
+    for a in ARCHS:
+        cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+    cmd += [f"-D{k}={v}" for k, v in defines.items()] + [str(KDIR / file)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    tag = file + (" " + " ".join(f"{k}={v}" for k, v in defines.items()) if defines else "")
+    return tag, p.returncode, p.stdout + p.stderr
+
+
+def parse(log: str) -> list[tuple[str, str, int, int]]:
+    """(kernel, arch, registers, spill store bytes) per entry function."""
+    rows, cur = [], None
+    for line in log.splitlines():
+        if m := _FUNC.search(line):
+            cur = [m.group(1), m.group(2), 0, 0]
+            rows.append(cur)
+        elif cur and (m := _SPILL.search(line)):
+            cur[3] = int(m.group(1))
+        elif cur and (m := _REGS.search(line)):
+            cur[2] = int(m.group(1))
+    return [tuple(r) for r in rows]
+
+
+def main() -> int:
+    nvcc = shutil.which("nvcc") or next(
+        (str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
+    if nvcc is None:
+        print("skipped: no nvcc")
+        return 0
+    with ThreadPoolExecutor(os.cpu_count() or 2) as ex:
+        results = list(ex.map(lambda v: compile_one(nvcc, *v), variants()))
+    failed = 0
+    for tag, rc, log in results:
+        if rc != 0:
+            failed += 1
+            print(f"FAIL compile {tag}\n{log}")
+            continue
+        for name, arch, regs, spill in parse(log):
+            bad = spill > 0
+            failed += bad
+            print(f"{'SPILL' if bad else 'ok   '} sm_{arch} {regs:4d} regs {spill:4d} B spill  {name:32s} {tag}")
+    print(f"{len(results)} variants, {failed} problem(s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
