@@ -4,6 +4,7 @@ the model; generation is a generator over steps (prefill in chunks, then batched
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Iterator
@@ -56,7 +57,7 @@ class Engine:
     def __init__(self, model_path: str | Path | ModelConfig, *, device: str = "auto", dtype: str | None = None,
                  max_model_len: int | None = None, max_num_seqs: int = 8,
                  block_size: int | None = None, prefill_chunk: int = 512,
-                 use_graphs: bool = True):
+                 use_graphs: bool = True, attention: str | None = None):
         # a ModelConfig instead of a path: random weights of that architecture (benchmarks)
         is_cfg = isinstance(model_path, ModelConfig)
         self.cfg = cfg = model_path if is_cfg else ModelConfig.from_dir(model_path)
@@ -66,6 +67,11 @@ class Engine:
             limit = min(limit, cfg.sliding_window)
         self.max_model_len = min(limit, max_model_len or DEFAULT_MAX_MODEL_LEN)
         self.model = load_model(model_path, self.backend, self.max_model_len)
+        if attention is not None:
+            self.backend.attention_variant = attention
+        calib = None if is_cfg else Path(model_path) / "rawengine_softmax.json"
+        if calib is not None and calib.is_file():  # tools/calibrate_softmax.py
+            self.backend.softmax_phi = float(json.loads(calib.read_text())["phi"])
         self.block_size = block_size or self.backend.default_block_size
         self.max_num_seqs, self.prefill_chunk = max_num_seqs, prefill_chunk
         blocks_per_seq = -(-self.max_model_len // self.block_size)

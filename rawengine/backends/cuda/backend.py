@@ -51,6 +51,10 @@ class CudaBackend(Backend):
         self.dtype = np.dtype(_STORAGE[dtype])
         self._dt = {"USE_BF16": 1} if self.is_bf16 else {}
         self.use_decode_kernel = True  # attention.decode_attention for decode steps
+        # FlashDecoding++ asynchronized softmax with unified max phi (the engine sets phi from
+        # the model's rawengine_softmax.json). Exact for any phi: splits whose logits leave
+        # the window fall back inside the kernel; calibration only makes that rare.
+        self.attention_variant, self.softmax_phi = "async", 0.0
 
     def _k(self, file: str, name: str, **defines):
         return kernel(file, name, {**self._dt, **defines})
@@ -188,7 +192,8 @@ class CudaBackend(Backend):
             from .attention import decode_attention
 
             return decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
-                                    scale, max_seq_len=meta.max_seq_len)
+                                    scale, max_seq_len=meta.max_seq_len,
+                                    variant=self.attention_variant, phi=self.softmax_phi)
         return self.attention_prefill(q, k_cache, v_cache, meta, scale)
 
     def attention_prefill(self, q, k_cache, v_cache, meta: StepMeta, scale):
