@@ -119,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def tune(argv: list[str]) -> int:
+    from .backends import cuda_available
+
+    ok, why = cuda_available()
+    if not ok and not {"-h", "--help"} & set(argv):
+        raise RawEngineError(f"rawengine tune profiles GPU kernels, but {why}")
     from .tune import tune_main
 
     return tune_main(argv)

@@ -98,27 +98,26 @@ class Engine:
 
     # --- one step -------------------------------------------------------------------
     def plan(self, seqs: list[Sequence], counts: list[int]) -> tuple[np.ndarray, dict]:
-        """Host arrays for a step where seqs[i] adds counts[i] new tokens to the cache."""
-        ids, positions, slots, qstart, seq_lens = [], [], [], [0], []
-        tables = np.zeros((len(seqs), self.max_blocks_per_seq), np.int32)
-        bs = self.block_size
+        """Host arrays for a step where seqs[i] adds counts[i] new tokens to the cache.
+        Vectorised over tokens: at batch 32 a per-sequence loop of small numpy calls cost
+        ~0.5 ms a step on the host."""
+        bs, b = self.block_size, len(seqs)
+        tables = np.zeros((b, self.max_blocks_per_seq), np.int32)
         for i, (s, n) in enumerate(zip(seqs, counts)):
-            start, end = s.num_cached, s.num_cached + n
-            self.kv.reserve(s.block_table, end)
-            pos = np.arange(start, end)
-            table = np.asarray(s.block_table, np.int32)
-            ids.append(np.asarray(s.token_ids[start:end], np.int32))
-            positions.append(pos)
-            slots.append(table[pos // bs] * bs + pos % bs)
-            qstart.append(qstart[-1] + n)
-            seq_lens.append(end)
-            tables[i, :len(table)] = table
-        arrays = dict(positions=np.concatenate(positions).astype(np.int32),
-                      slot_mapping=np.concatenate(slots).astype(np.int32),
-                      query_start=np.asarray(qstart, np.int32),
-                      seq_lens=np.asarray(seq_lens, np.int32), block_tables=tables,
-                      logits_indices=np.asarray(qstart[1:], np.int32) - 1)
-        return np.concatenate(ids), arrays
+            self.kv.reserve(s.block_table, s.num_cached + n)
+            tables[i, :len(s.block_table)] = s.block_table
+        n_new = np.asarray(counts, np.int32)
+        starts = np.asarray([s.num_cached for s in seqs], np.int32)
+        qstart = np.zeros(b + 1, np.int32)
+        np.cumsum(n_new, out=qstart[1:])
+        row = np.repeat(np.arange(b), n_new)  # sequence of each token
+        positions = (np.arange(qstart[-1]) - qstart[row] + starts[row]).astype(np.int32)
+        slots = tables[row, positions // bs] * bs + positions % bs
+        ids = [t for s, n in zip(seqs, counts) for t in s.token_ids[s.num_cached:s.num_cached + n]]
+        arrays = dict(positions=positions, slot_mapping=slots.astype(np.int32),
+                      query_start=qstart, seq_lens=starts + n_new, block_tables=tables,
+                      logits_indices=qstart[1:] - 1)
+        return np.asarray(ids, np.int32), arrays
 
     def to_meta(self, arrays: dict, max_query_len: int, max_seq_len: int) -> StepMeta:
         b = self.backend
