@@ -69,7 +69,7 @@ class LLM:
         gen = json.loads(f.read_text()) if f.is_file() else {}
         d = {k: gen[k] for k in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
              if gen.get(k) is not None}
-        if gen.get("do_sample") is False:
+        if not gen.get("do_sample", False):  # HF semantics: greedy unless asked to sample
             d["temperature"] = 0.0
         d.update({k: v for k, v in overrides.items() if v is not None})
         return SamplingParams(**d)

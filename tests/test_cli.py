@@ -101,3 +101,18 @@ def test_stop_strings_end_generation_before_the_stop_text():
     streamed = "".join(llm.stream("hello", SamplingParams(max_tokens=24, temperature=0,
                                                           stop=[stop])))
     assert streamed == cut.text and cut.finish_reason == "stop"
+
+
+def test_generation_config_defaults_follow_hf(tmp_path):
+    """No do_sample in generation_config.json means greedy (HF); do_sample true keeps the
+    model's sampling settings; explicit arguments win."""
+    from rawengine import LLM
+
+    shutil.copytree(TINY, tmp_path / "m")
+    llm = LLM(str(tmp_path / "m"), device="cpu")
+    assert llm.default_params().temperature == 0.0
+    (tmp_path / "m" / "generation_config.json").write_text(
+        json.dumps({"do_sample": True, "temperature": 0.7, "top_p": 0.9}))
+    p = llm.default_params()
+    assert (p.temperature, p.top_p) == (0.7, 0.9)
+    assert llm.default_params(temperature=0.2).temperature == 0.2

@@ -21,12 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 GOLDEN_PATH = REPO / "tests" / "fixtures" / "smollm2_golden.json"
 
 
-def _smollm2_dir() -> Path:
-    from rawengine.hub import weights_dir
-
-    return weights_dir() / "smollm2-135m-instruct"
-
-
 # ----------------------------------------------------------------------------------------------
 # Q/K row order
 
@@ -268,15 +262,8 @@ def test_convert_float16_and_refusals(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> Path:
-    d = _smollm2_dir()
-    if not (d / "config.json").is_file():
-        pytest.skip(
-            f"{d} is absent: run `rawengine download` or "
-            "`python tools/convert_gguf.py SmolLM2-135M-Instruct.Q4_1.gguf "
-            "weights/smollm2-135m-instruct`"
-        )
-    return d
+def smollm2(default_model_dir) -> Path:
+    return default_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from rawengine.errors import RawEngineError
-
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "smollm2_golden.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def llm():
+def llm(default_model_dir):
     from rawengine import LLM
 
-    try:
-        return LLM(None, device="cpu", max_model_len=512, max_num_seqs=8)
-    except RawEngineError as e:
-        pytest.skip(f"default model unavailable: {e}")
+    return LLM(str(default_model_dir), device="cpu", max_model_len=512, max_num_seqs=8)
 
 
 @pytest.mark.parametrize("case", GOLDEN["cases"], ids=lambda c: c["name"])

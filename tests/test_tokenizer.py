@@ -16,7 +16,6 @@ tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SMOLLM2_DIR = REPO / "weights" / "smollm2-135m-instruct"
 SMOLLM2_GOLDEN = REPO / "tests" / "fixtures" / "smollm2_golden.json"
 
 WAVE = "\U0001F44B\U0001F3FD"  # 👋🏽 (hand + skin tone modifier)
@@ -501,10 +500,8 @@ def test_template_errors_are_raw_engine_errors(tmp_path, bl_hf, tpl, match):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    if not (SMOLLM2_DIR / "tokenizer.json").is_file():
-        pytest.skip(f"{SMOLLM2_DIR} not present")
-    return Tokenizer.from_dir(SMOLLM2_DIR)
+def smollm2(default_model_dir):
+    return Tokenizer.from_dir(default_model_dir)
 
 
 def test_smollm2_tokenizer_basics(smollm2):

@@ -113,6 +113,21 @@ class Backend:
         """gate_up [T, 2I] = [gate | up] -> silu(gate) * up  [T, I]."""
         raise NotImplementedError
 
+    def norm_linear(self, x: Array, residual: Array | None, norm_w: Array, eps: float, w: Array,
+                    bias: Array | None = None):
+        """r = x + residual (r = x when residual is None); y = rmsnorm(r) @ w.T (+ bias).
+        x, residual [T, K]; norm_w [K]; w [N, K]; returns (y [T, N], r [T, K]).
+        Default: the unfused ops; a backend may run it as one kernel."""
+        if residual is None:
+            return self.linear(self.rmsnorm(x, norm_w, eps), w, bias), x
+        h, r = self.rmsnorm(x, norm_w, eps, residual)
+        return self.linear(h, w, bias), r
+
+    def silu_mul_linear(self, gate_up: Array, w: Array, bias: Array | None = None) -> Array:
+        """(silu(gate) * up) @ w.T (+ bias);  gate_up [T, 2I] = [gate | up], w [N, I] -> [T, N].
+        Default: the unfused ops; a backend may run it as one kernel."""
+        return self.linear(self.silu_mul(gate_up), w, bias)
+
     def add(self, x: Array, y: Array) -> Array:
         """x + y (residual)."""
         raise NotImplementedError

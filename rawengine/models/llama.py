@@ -50,8 +50,9 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple]:
 
 
 class LlamaModel:
-    """forward: embedding -> [rmsnorm -> qkv -> rope+kv_write -> attention -> o_proj
-    -> rmsnorm(+residual) -> gate_up -> silu_mul -> down] x L -> rmsnorm -> lm_head."""
+    """forward: embedding -> [(+residual) rmsnorm+qkv -> rope+kv_write -> attention -> o_proj
+    -> (+residual) rmsnorm+gate_up -> silu_mul+down] x L -> rmsnorm -> lm_head.
+    norm_linear / silu_mul_linear are one kernel each on the CUDA backend at decode sizes."""
 
     def __init__(self, cfg: ModelConfig, backend: Backend, weights: dict, max_positions: int):
         self.cfg, self.b = cfg, backend
@@ -68,16 +69,15 @@ class LlamaModel:
         x = b.embedding(ids, self.embed)
         residual = None
         for w, (k_cache, v_cache) in zip(self.layers, kv_caches):
-            if residual is None:
-                h, residual = b.rmsnorm(x, w["input_norm"], c.rms_norm_eps), x
-            else:
-                h, residual = b.rmsnorm(x, w["input_norm"], c.rms_norm_eps, residual)
-            qkv = b.linear(h, w["qkv"], w.get("qkv_bias"))
+            # layer 0: residual None, so the residual stream starts as the embedding
+            qkv, residual = b.norm_linear(x, residual, w["input_norm"], c.rms_norm_eps,
+                                          w["qkv"], w.get("qkv_bias"))
             q = b.rope_kv_write(qkv, meta, self.cos, self.sin, k_cache, v_cache,
                                 c.num_attention_heads, c.num_key_value_heads, c.head_dim)
             attn = b.attention(q, k_cache, v_cache, meta, self.scale)
             x = b.linear(attn, w["o"])
-            h, residual = b.rmsnorm(x, w["post_norm"], c.rms_norm_eps, residual)
-            x = b.linear(b.silu_mul(b.linear(h, w["gate_up"])), w["down"])
+            gate_up, residual = b.norm_linear(x, residual, w["post_norm"], c.rms_norm_eps,
+                                              w["gate_up"])
+            x = b.silu_mul_linear(gate_up, w["down"])
         last = b.gather_rows(b.add(x, residual), meta.logits_indices)
         return b.linear(b.rmsnorm(last, self.norm, c.rms_norm_eps), self.lm_head)

@@ -268,3 +268,42 @@ def test_kernel_shapes(cfg, variant):
                    config=dict(num_warps=nw, unroll=un, prefetch=pf, min_blocks=mb),
                    num_splits=5)
     check(case, out, scale, FLOOR["fp16"])
+
+
+@pytest.mark.parametrize("min_chunk", [0, 48, 1 << 20])  # finest, off-grid rounding, 1 split
+@pytest.mark.parametrize("d,hq,hkv", [(128, 32, 8), (64, 9, 3)])
+@pytest.mark.parametrize("variant", ["sync", "async"])
+def test_short_lengths_in_capacity_graph(min_chunk, d, hq, hkv, variant):
+    """Graph captured at capacity 8192 (32 splits), replayed with short real lengths: the
+    device's chunk rule (min_chunk, unroll-1 chunks, one active split writing o directly)
+    must stay exact, including chunks straddling STEP1 / STEP and the merge of 16+ splits."""
+    rng = np.random.default_rng(17)
+    case = Case(rng, [1100, 300, 33, 2], hq, hkv, d, 16, "fp16")
+    scale = d ** -0.5
+    phi = 0.0 if variant == "async" else None
+    ws = get_workspace(4, hq, hkv, d, 32)
+    out = cp.empty((4, hq * d), cp.float16)
+    args = (case.q_dev, case.k_dev, case.v_dev, case.tables, case.seq_lens, scale)
+    kw = dict(max_seq_len=8192, variant=variant, phi=phi, workspace=ws, out=out, num_splits=32,
+              min_chunk=min_chunk)
+    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()  # inputs were written on the null stream
+    with stream:
+        decode_attention(*args, **kw)
+        stream.synchronize()
+        stream.begin_capture()
+        decode_attention(*args, **kw)
+        graph = stream.end_capture()
+        for lens in ([1100, 300, 33, 2], [256, 256, 16, 1], [1024, 129, 32, 2], [17, 65, 31, 1],
+                     [513, 15, 0, 2]):
+            case.seq_lens[...] = cp.asarray(np.asarray(lens, np.int32))
+            out.fill(np.nan)
+            graph.launch(stream)
+            stream.synchronize()
+            got = out.get().astype(np.float32).reshape(4, hq, d)
+            if 0 in lens:  # an empty sequence gives o = 0
+                row = lens.index(0)
+                assert (got[row] == 0).all()
+                got[row] = case.reference(scale, lens=[1] * 4)[row]  # skip it below
+                lens = [n if n else 1 for n in lens]
+            check(case, got, scale, FLOOR["fp16"], lens=lens)

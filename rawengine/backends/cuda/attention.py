@@ -39,8 +39,12 @@ TUNING = {
     "default": dict(bw=3.0e12, lat_us=1.2, p=2.5, warps_per_sm=16, block_us=1.0,
                     fixed_us=3.0, merge_bytes_per_us=2.0e5, max_splits=128,
                     num_warps=8, unroll=4, num_warps_big_group=4, unroll_big_group=2,
-                    prefetch_kv_mb=(24, 100)),
+                    prefetch_kv_mb=(24, 100), min_chunk={64: 0, 128: 0}),
 }
+# min_chunk (per head_dim): least tokens per split, applied on the device to the real length
+# (the plan's S is sized for the bucket's capacity). 0 = finest (one unroll-1 block step:
+# 16 tokens at D=128, 32 at D=64, 8 warps); 'STEP' (64 / 128) is the v1 rule. See the short-
+# context section of docs/decode_attention_notes.md.
 
 
 def cdiv(a: int, b: int) -> int:
@@ -165,7 +169,8 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
                      max_seq_len: int, variant: str = "sync", phi: float | None = None,
                      window: tuple[float, float] | None = None,
                      workspace: DecodeWorkspace | None = None, out=None,
-                     num_splits: int | None = None, config: dict | None = None):
+                     num_splits: int | None = None, config: dict | None = None,
+                     min_chunk: int | None = None):
     """o = softmax(scale * q k^T) v per sequence over its paged KV; returns out [B, Hq * D].
 
     q [B, Hq, D]; k_cache, v_cache [NB, Hkv, BS, D] (BS a power of two); block_tables
@@ -174,7 +179,8 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     variant 'async' needs phi (natural-log units of scale * q.k, tools/calibrate_softmax.py);
     window (lo, hi) around phi, default DEFAULT_WINDOW. Dtypes: float16, or bfloat16 as a
     'bfloat16' dtype or raw uint16 bits; out has q's dtype. num_splits / config override the
-    plan and the tuned kernel shape (tests, tools/bench_attention.py)."""
+    plan and the tuned kernel shape (tests, tools/bench_attention.py); min_chunk overrides the
+    tuned least tokens per split (the device's chunk rule for short sequences)."""
     if variant not in ("sync", "async"):
         raise ValueError(f"variant must be 'sync' or 'async', not {variant!r}")
     if variant == "async" and phi is None:
@@ -218,6 +224,8 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
 
     is_async = variant == "async"
     lo, hi = window or DEFAULT_WINDOW
+    if min_chunk is None:
+        min_chunk = TUNING["default"]["min_chunk"][d]
     defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"], UNROLL=cfg["unroll"],
                    IS_ASYNC=int(is_async), PREFETCH=int(cfg.get("prefetch", 0)),
                    MIN_BLOCKS=cfg.get("min_blocks", max(1, 16 // cfg["num_warps"]) if group <= 4
@@ -229,5 +237,6 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
        (q, k_cache, v_cache, block_tables, seq_lens, out, ws.part_o, ws.part_ml, ws.counters,
         ws.fallback_count, np.int32(hq), np.int32(hkv), np.int32(block_tables.shape[1]),
         np.int32(bs.bit_length() - 1), np.float32(scale * LOG2E),
-        np.float32((phi or 0.0) * LOG2E), np.float32(lo * LOG2E), np.float32(hi * LOG2E)))
+        np.float32((phi or 0.0) * LOG2E), np.float32(lo * LOG2E), np.float32(hi * LOG2E),
+        np.int32(min_chunk)))
     return out

@@ -161,6 +161,20 @@ class CudaBackend(Backend):
 
         return gemm.linear(x, w, bias)
 
+    def norm_linear(self, x, residual, norm_w, eps, w, bias=None):
+        """One GEMV launch for decode M (gemm.norm_linear), else rmsnorm + linear."""
+        from . import gemm
+
+        out = gemm.norm_linear(x, residual, norm_w, eps, w, bias)
+        return out if out is not None else super().norm_linear(x, residual, norm_w, eps, w, bias)
+
+    def silu_mul_linear(self, gate_up, w, bias=None):
+        """One GEMV launch for decode M (gemm.silu_mul_linear), else silu_mul + linear."""
+        from . import gemm
+
+        y = gemm.silu_mul_linear(gate_up, w, bias)
+        return y if y is not None else super().silu_mul_linear(gate_up, w, bias)
+
     def rope_kv_write(self, qkv, meta: StepMeta, cos, sin, k_cache, v_cache, num_q_heads,
                       num_kv_heads, head_dim):
         _check("qkv", qkv, self.dtype, 2)

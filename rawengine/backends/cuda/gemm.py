@@ -1,4 +1,6 @@
 """Decode-time matrix products: y[M, N] = x[M, K] @ w[N, K]^T (+ bias) (+ residual).
+For decode M, `norm_linear` / `silu_mul_linear` also fuse the op that produces x (add +
+RMSNorm, SiLU-and-mul) into the GEMV, saving one launch each.
 
 Three implementations, picked per (GPU, N, K, M) from a dispatch table (FlashDecoding++'s
 heuristic dataflow):
@@ -114,9 +116,17 @@ def gemv(x, w, y, bias=None, residual=None, *, rows: int = 2, warps: int = 4, un
     """y = x @ w.T (+ bias) (+ residual) on CUDA cores; x [M, K], w [N, K], y [M, N].
     split = 0 picks split-K from the shape."""
     M, K = x.shape
+    _gemv_launch(x, w, y, bias, residual, M, K, _vec_ok(K, x, w), {}, (), rows=rows,
+                 warps=warps, unroll=unroll, split=split)
+
+
+def _gemv_launch(x, w, y, bias, residual, M: int, K: int, is_vec: bool, prologue: dict,
+                 prologue_args: tuple, *, rows: int = 2, warps: int = 4, unroll: int = 4,
+                 split: int = 0) -> None:
+    """gemv_kernel with an optional x prologue (gemv.cu PROLOGUE defines and extra args)."""
     N = w.shape[0]
     mb = min(M, 8)
-    vec = 8 if _vec_ok(K, x, w) else 1
+    vec = 8 if is_vec else 1
     row_tiles = cdiv(N, warps * rows)
     m_groups = cdiv(M, mb)
     min_split = cdiv(mb * K * 2, SMEM_DYNAMIC)
@@ -130,12 +140,105 @@ def gemv(x, w, y, bias=None, residual=None, *, rows: int = 2, warps: int = 4, un
     split = cdiv(K, k_chunk)
     ws, cnt = _scratch.get(split * M * N if split > 1 else 0, row_tiles * m_groups)
     defines = dict(DTYPE_BF16=_dtype_flag(w), MB=mb, ROWS=rows, WARPS=warps, UNROLL=unroll,
-                   VEC=vec, HAS_BIAS=int(bias is not None), HAS_RES=int(residual is not None))
+                   VEC=vec, HAS_BIAS=int(bias is not None), HAS_RES=int(residual is not None),
+                   **prologue)
     kern = _kernel("gemv.cu", "gemv_kernel", defines)
     kern((row_tiles, split, m_groups), (warps * 32,),
          (x, w, bias if bias is not None else w, residual if residual is not None else y, y,
-          ws, cnt, cp.int32(M), cp.int32(N), cp.int32(K), cp.int32(k_chunk)),
+          ws, cnt, cp.int32(M), cp.int32(N), cp.int32(K), cp.int32(k_chunk)) + prologue_args,
          shared_mem=mb * k_chunk * 2)
+
+
+# --- fused prologues: the op producing x runs inside the GEMV's x staging ----------------------
+FUSED_MAX_M = 8
+# Below this M*N*K a decode product is launch bound, so the fused GEMV (one launch fewer) is
+# taken even where the table prefers the flat GEMM (SmolLM2 down 576x1536 at M = 1: 0.9 M).
+FUSED_SMALL_MNK = 1 << 22
+
+
+def _fused_params(M: int, N: int, K: int) -> dict | None:
+    """gemv params for a fused prologue, or None where the unfused ops should run."""
+    if not 1 <= M <= FUSED_MAX_M:
+        return None
+    impl, params = choose(M, N, K, capturing=True)  # same answer eagerly and under capture
+    if impl == "gemv":
+        return params
+    return {} if M * N * K <= FUSED_SMALL_MNK else None
+
+
+def _dest(out, shape: tuple, dtype):
+    if out is None:
+        return cp.empty(shape, dtype)
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected contiguous {shape} {dtype}, got {out.shape} {out.dtype}")
+    return out
+
+
+def _is_lowp(*arrays) -> bool:
+    dt = arrays[0].dtype
+    return (dt in (cp.float16, cp.uint16) or dt.name == "bfloat16") and all(
+        a.dtype == dt for a in arrays)
+
+
+def norm_linear(x, residual, norm_w, eps: float, w, bias=None, *, out=None, r_out=None,
+                params: dict | None = None):
+    """Add + RMSNorm fused into the GEMV's x staging (gemv.cu PROLOGUE 1), one launch:
+        r = x + residual (x when residual is None), rounded to x's dtype
+        y = (r / sqrt(mean(r^2) + eps) * norm_w) @ w.T (+ bias)
+    x, residual [M, K]; norm_w [K]; w [N, K]; bias [N]. Returns (y [M, N], r [M, K]); r is a
+    new array (x itself when residual is None). Returns None when the fused path does not
+    apply (M > FUSED_MAX_M, a shape the dispatch gives to the tensor-core kernels, other
+    dtypes or shapes): the caller runs rmsnorm + linear. Graph-capturable (no cuBLAS, no sync).
+    out [M, N], r_out [M, K]: optional destinations (contiguous; r_out must not alias x or
+    residual). params: gemv params; given, the fused path is taken for any M <= 8 (tests, lab)."""
+    if x.ndim != 2 or w.ndim != 2 or norm_w.ndim != 1:
+        return None
+    M, K = x.shape
+    N = w.shape[0]
+    arrays = [x, w, norm_w] + [a for a in (residual, bias) if a is not None]
+    if (w.shape[1] != K or norm_w.shape[0] != K or not _is_lowp(*arrays)
+            or (residual is not None and residual.shape != x.shape)
+            or (bias is not None and bias.shape != (N,))):
+        return None
+    params = _fused_params(M, N, K) if params is None or M > FUSED_MAX_M else params
+    if params is None:
+        return None
+    x, w, norm_w = (cp.ascontiguousarray(a) for a in (x, w, norm_w))
+    res = cp.ascontiguousarray(residual) if residual is not None else None
+    b = cp.ascontiguousarray(bias) if bias is not None else None
+    y = _dest(out, (M, N), x.dtype)
+    r = _dest(r_out, x.shape, x.dtype) if res is not None else x
+    is_vec = _vec_ok(K, x, w, norm_w, res, None if res is None else r)
+    # without residual, pro_res and r_out are never touched: any pointer will do
+    args = (res if res is not None else x, norm_w, r if res is not None else y, cp.float32(eps))
+    _gemv_launch(x, w, y, b, None, M, K, is_vec, dict(PROLOGUE=1, PRO_RES=int(res is not None)),
+                 args, **params)
+    return y, r
+
+
+def silu_mul_linear(gate_up, w, bias=None, *, out=None, params: dict | None = None):
+    """SiLU-and-mul fused into the GEMV's x staging (gemv.cu PROLOGUE 2), one launch:
+        y = (silu(g) * u) @ w.T (+ bias),  [g | u] = gate_up,  silu(g) = g / (1 + exp(-g))
+    gate_up [M, 2K]; w [N, K]; bias [N] -> y [M, N]. Returns None where the fused path does not
+    apply (as norm_linear): the caller runs silu_mul + linear. Graph-capturable.
+    out, params: as norm_linear."""
+    if gate_up.ndim != 2 or w.ndim != 2:
+        return None
+    M, K2 = gate_up.shape
+    N, K = w.shape
+    arrays = [gate_up, w] + ([bias] if bias is not None else [])
+    if K2 != 2 * K or not _is_lowp(*arrays) or (bias is not None and bias.shape != (N,)):
+        return None
+    params = _fused_params(M, N, K) if params is None or M > FUSED_MAX_M else params
+    if params is None:
+        return None
+    gate_up, w = cp.ascontiguousarray(gate_up), cp.ascontiguousarray(w)
+    b = cp.ascontiguousarray(bias) if bias is not None else None
+    y = _dest(out, (M, N), gate_up.dtype)
+    # u = g + K: 16-byte aligned whenever gate_up is and K % 8 == 0
+    _gemv_launch(gate_up, w, y, b, None, M, K, _vec_ok(K, gate_up, w), dict(PROLOGUE=2), (),
+                 **params)
+    return y
 
 
 def flat_smem(bm: int, fn: int, warps_n: int, warps_k: int, bk: int, stages: int) -> int:
