@@ -8,6 +8,7 @@
 //                block_tables[b, j >> LOG2_BS] at offset j & (BS - 1)   (BS a power of two)
 //   block_tables [B, max_blocks] int32;  seq_lens [B] int32
 //   out          [B, Hq * D] dtype_t
+//   min_chunk    tokens per split at least (short sequences: few splits; TUNING['min_chunk'])
 //   workspace (partials touched only when > 1 split is active), Y = gridDim.y head blocks,
 //   S = gridDim.x splits:
 //     part_o  [B, Y, S, GROUP, D] float32   unnormalised o of each split
@@ -18,14 +19,22 @@
 // Grid (S, Hkv * G / GROUP, B), NUM_WARPS * 32 threads. A block owns GROUP query heads of one
 // KV head (all of them when G <= 8), so each K/V byte is read once per step, and one chunk of
 // the sequence. The chunk is sized on the device from the real seq_lens[b]:
-//   chunk = roundup(cdiv(len, S), STEP),  active splits = cdiv(len, chunk)
-// so a captured graph (fixed S per bucket) spreads any length over all splits; splits past
-// the end return at once and are never merged.
+//   c = max(cdiv(len, S), min_chunk)
+//   chunk = c <= STEP ? roundup(c, STEP1) : roundup(c, STEP),  active splits = cdiv(len, chunk)
+// so a captured graph (fixed S per bucket, sized for the bucket's capacity) spreads any length
+// over at most S splits; a short sequence gets few (min_chunk) and splits past the end return
+// at once. One active split writes o directly (no workspace, no merge). min_chunk = STEP gives
+// the v1 rule roundup(cdiv(len, S), STEP).
+// Chunks of at most STEP1 tokens (one block step at unroll 1) run the unroll-1 loop: each warp
+// holds one K and one V load, so a short chunk costs one load round trip and ~1/UNROLL of the
+// issue time of a full step (short contexts are latency-bound).
 // Inside a block: LANES_PER_TOK = D/8 lanes own one token row (one 16-byte load each), a warp
 // covers 32/LANES_PER_TOK tokens per load and UNROLL loads of K and of V are issued before any
 // use. Warps take interleaved tiles of TILE tokens; each keeps its own softmax state, merged
 // through shared memory at the end. Split results are merged with log-sum-exp by the last
 // block of the (b, head block) to finish (atomic counter), so one launch does everything.
+// Publication: __syncthreads, then one gpu-scope acq_rel atomic by thread 0 (cumulative over
+// the block's partial stores; the CUTLASS semaphore pattern), not a fence in every thread.
 //
 // Variants (IS_ASYNC):
 //  0 synchronized (Flash-Decoding): each warp keeps a running max m; per tile of TILE tokens
@@ -72,9 +81,11 @@ constexpr int LANES_PER_TOK = HEAD_DIM / VEC;        // 16 (D=128) or 8 (D=64)
 constexpr int TOK_PER_LOAD = 32 / LANES_PER_TOK;     // tokens one warp-wide load covers
 constexpr int TILE = TOK_PER_LOAD * UNROLL;          // tokens per warp per step
 constexpr int STEP = TILE * NUM_WARPS;               // tokens per block per step
+constexpr int STEP1 = TOK_PER_LOAD * NUM_WARPS;      // the same at unroll 1 (short chunks)
 constexpr int NUM_THREADS = NUM_WARPS * 32;
 constexpr int D4 = HEAD_DIM / 4;                     // float4s per head row
 static_assert(LANES_PER_TOK <= 32 && 32 % LANES_PER_TOK == 0, "HEAD_DIM must be 64 or 128");
+static_assert(NUM_WARPS <= 32 && (NUM_WARPS & (NUM_WARPS - 1)) == 0, "NUM_WARPS: power of 2");
 
 // Streaming 16-byte load: read once, keep it out of L1, ask L2 for the whole 256-byte row.
 __device__ __forceinline__ uint4 load_stream(const dtype_t* p) {
@@ -109,7 +120,8 @@ __device__ __forceinline__ float merge_weight(float m, float M) {
 // Softmax state of this warp over its tiles of [start, end), per lane: o for its 8 dims.
 // m is warp-uniform; l and o are folded over the warp's token groups before returning.
 // ASYNC: m = phi fixed, m_true = true max of the scores seen (per head).
-template <bool ASYNC>
+// U: K and V loads in flight per warp step (UNROLL, or 1 for short chunks).
+template <bool ASYNC, int U>
 __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
                                              const dtype_t* __restrict__ k_cache,
                                              const dtype_t* __restrict__ v_cache,
@@ -120,6 +132,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / LANES_PER_TOK, dvec = lane % LANES_PER_TOK;
     const int bs_mask = (1 << log2_bs) - 1;
+    constexpr int TILE_U = TOK_PER_LOAD * U, STEP_U = TILE_U * NUM_WARPS;
 #pragma unroll
     for (int g = 0; g < GROUP; ++g) {
         m[g] = ASYNC ? phi : NEG_INF;
@@ -129,10 +142,10 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
         for (int i = 0; i < VEC; ++i) o[g][i] = 0.f;
     }
     // t0 is warp-uniform, so full-mask shuffles below are safe; token t0 itself is valid.
-    for (int t0 = start + warp * TILE; t0 < end; t0 += STEP) {
-        uint4 kr[UNROLL], vr[UNROLL];
+    for (int t0 = start + warp * TILE_U; t0 < end; t0 += STEP_U) {
+        uint4 kr[U], vr[U];
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < U; ++u) {
             const int tok = t0 + u * TOK_PER_LOAD + sub;
             kr[u] = vr[u] = make_uint4(0, 0, 0, 0);  // never load unused slots (may be NaN)
             if (tok < end) {
@@ -145,11 +158,11 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
         }
 #if PREFETCH
         // Pull this warp's next tile into L2 while this one computes: doubles the bytes in
-        // flight per warp without holding registers. One 128-byte line per lane (UNROLL 4).
+        // flight per warp without holding registers. One 128-byte line per lane at U = 4.
         {
             constexpr int LINES_PER_ROW = HEAD_DIM * 2 / 128;
-            constexpr int LINES = TILE * 2 * LINES_PER_ROW;  // K and V rows of the tile
-            const int tn = t0 + STEP;
+            constexpr int LINES = TILE_U * 2 * LINES_PER_ROW;  // K and V rows of the tile
+            const int tn = t0 + STEP_U;
 #pragma unroll
             for (int i = lane; i < LINES; i += 32) {
                 const int tok = tn + i / (2 * LINES_PER_ROW), r = i % (2 * LINES_PER_ROW);
@@ -164,9 +177,9 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
             }
         }
 #endif
-        float s[UNROLL][GROUP];  // scores, then probabilities
+        float s[U][GROUP];  // scores, then probabilities
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < U; ++u) {
             float kf[VEC];
             unpack8(kr[u], kf);
             const bool valid = t0 + u * TOK_PER_LOAD + sub < end;
@@ -184,7 +197,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
         for (int g = 0; g < GROUP; ++g) {
             if (ASYNC) {
 #pragma unroll
-                for (int u = 0; u < UNROLL; ++u) {
+                for (int u = 0; u < U; ++u) {
                     m_true[g] = fmaxf(m_true[g], s[u][g]);
                     s[u][g] = exp2_approx(s[u][g] - phi);
                     l[g] += s[u][g];
@@ -192,7 +205,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
             } else {
                 float mx = s[0][g];
 #pragma unroll
-                for (int u = 1; u < UNROLL; ++u) mx = fmaxf(mx, s[u][g]);
+                for (int u = 1; u < U; ++u) mx = fmaxf(mx, s[u][g]);
 #pragma unroll
                 for (int x = LANES_PER_TOK; x < 32; x <<= 1) mx = fmaxf(mx, RE_SHFL_XOR(mx, x));
                 const float m_new = fmaxf(m[g], mx);  // finite: token t0 is valid
@@ -202,14 +215,14 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) o[g][i] *= corr;
 #pragma unroll
-                for (int u = 0; u < UNROLL; ++u) {
+                for (int u = 0; u < U; ++u) {
                     s[u][g] = exp2_approx(s[u][g] - m_new);
                     l[g] += s[u][g];
                 }
             }
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < U; ++u) {
             float vf[VEC];
             unpack8(vr[u], vf);
 #pragma unroll
@@ -234,7 +247,6 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
 struct __align__(16) BlockSmem {
     float o[NUM_WARPS][GROUP][HEAD_DIM];
     float m[NUM_WARPS][GROUP], l[NUM_WARPS][GROUP], m_true[NUM_WARPS][GROUP];
-    int flag;
 };
 
 __device__ __forceinline__ void stash_warp(BlockSmem& sm, const float (&m)[GROUP],
@@ -289,6 +301,48 @@ __device__ __forceinline__ void store_out4(dtype_t* p, float4 acc, float lsum) {
     *reinterpret_cast<uint2*>(p) = pk.u;
 }
 
+// Does any head's true max (over the block) leave [lo_abs, hi_abs]? Every warp computes it
+// from shared memory (lane i: head i / NUM_WARPS, warp i % NUM_WARPS), so no extra barrier.
+__device__ __forceinline__ bool is_block_out_of_window(const BlockSmem& sm, float lo_abs,
+                                                       float hi_abs) {
+    const int lane = threadIdx.x & 31;
+    bool is_out = false;
+#pragma unroll
+    for (int i0 = 0; i0 < GROUP * NUM_WARPS; i0 += 32) {
+        const int i = i0 + lane;
+        const bool is_used = i < GROUP * NUM_WARPS;
+        float mt = is_used ? sm.m_true[i % NUM_WARPS][i / NUM_WARPS] : NEG_INF;
+#pragma unroll
+        for (int x = 1; x < NUM_WARPS; x <<= 1) mt = fmaxf(mt, RE_SHFL_XOR(mt, x));
+        is_out |= is_used && !(mt >= lo_abs && mt <= hi_abs);
+    }
+    return __any_sync(0xffffffffu, is_out);
+}
+
+// Counter arrival: gpu-scope acq_rel (releases the block's partials, which __syncthreads made
+// visible to this thread; acquires the other splits' partials for the last one).
+__device__ __forceinline__ int arrive_acq_rel(int* p) {
+    int old;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(p) : "memory");
+    return old;
+}
+
+template <bool ASYNC>
+__device__ __forceinline__ void attend_any(const float (&qf)[GROUP][VEC],
+                                           const dtype_t* __restrict__ k_cache,
+                                           const dtype_t* __restrict__ v_cache,
+                                           const int* __restrict__ bt, int kv_head,
+                                           int num_kv_heads, int log2_bs, int start, int end,
+                                           float phi, float (&m)[GROUP], float (&l)[GROUP],
+                                           float (&o)[GROUP][VEC], float (&m_true)[GROUP]) {
+    if (end - start <= STEP1)  // block-uniform
+        attend_chunk<ASYNC, 1>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs, start,
+                               end, phi, m, l, o, m_true);
+    else
+        attend_chunk<ASYNC, UNROLL>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs,
+                                    start, end, phi, m, l, o, m_true);
+}
+
 extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS)
 decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict__ k_cache,
                         const dtype_t* __restrict__ v_cache, const int* __restrict__ block_tables,
@@ -296,12 +350,13 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
                         float* __restrict__ part_o, float2* __restrict__ part_ml,
                         int* __restrict__ counters, int* __restrict__ fallback_count,
                         int num_q_heads, int num_kv_heads, int max_blocks, int log2_bs,
-                        float scale_log2, float phi, float lo, float hi) {
+                        float scale_log2, float phi, float lo, float hi, int min_chunk) {
     const int split = blockIdx.x, num_splits = gridDim.x, hblk = blockIdx.y, b = blockIdx.z;
     const int head0 = hblk * GROUP;  // first query head of this block
     const int kv_head = head0 / (num_q_heads / num_kv_heads);
     const int len = seq_lens[b];
-    const int chunk = cdiv(cdiv(max(len, 1), num_splits), STEP) * STEP;
+    int chunk = max(cdiv(max(len, 1), num_splits), min_chunk);
+    chunk = chunk <= STEP ? cdiv(chunk, STEP1) * STEP1 : cdiv(chunk, STEP) * STEP;
     const int num_active = max(1, cdiv(len, chunk));
     if (split >= num_active) return;  // empty split: writes nothing, the merge skips it
     const int start = split * chunk, end = min(len, start + chunk);
@@ -319,27 +374,17 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
     }
     const int* bt = block_tables + (size_t)b * max_blocks;
     float m[GROUP], l[GROUP], o[GROUP][VEC], m_true[GROUP];
-    attend_chunk<IS_ASYNC != 0>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs, start,
-                                end, phi, m, l, o, m_true);
+    attend_any<IS_ASYNC != 0>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs, start,
+                              end, phi, m, l, o, m_true);
     stash_warp(sm, m, l, o, m_true);
     __syncthreads();
 #if IS_ASYNC
-    if (threadIdx.x == 0) {
-        bool is_out = false;
-        for (int g = 0; g < GROUP; ++g) {
-            float mt = NEG_INF;
-            for (int w = 0; w < NUM_WARPS; ++w) mt = fmaxf(mt, sm.m_true[w][g]);
-            is_out |= !(mt >= phi + lo && mt <= phi + hi);
-        }
-        is_out &= start < end;
-        sm.flag = is_out;
-        if (is_out) atomicAdd(fallback_count, 1);
-    }
-    __syncthreads();
-    if (sm.flag) {  // block-uniform: exactness fallback, recompute with a running max
-        attend_chunk<false>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs, start, end,
-                            phi, m, l, o, m_true);
-        __syncthreads();
+    if (start < end && is_block_out_of_window(sm, phi + lo, phi + hi)) {  // block-uniform
+        // exactness fallback: recompute with a running max
+        if (threadIdx.x == 0) atomicAdd(fallback_count, 1);
+        attend_any<false>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs, start, end,
+                          phi, m, l, o, m_true);
+        __syncthreads();  // every warp has read sm.m_true
         stash_warp(sm, m, l, o, m_true);
         __syncthreads();
     }
@@ -365,13 +410,11 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
         if (d4 == 0) part_ml[part_base + g] = make_float2(M, lsum);
     }
     // Publish the partials, then count this split in; the last one to arrive merges.
-    __threadfence();
     __syncthreads();
     __shared__ int is_last;
-    if (threadIdx.x == 0) is_last = atomicAdd(counters + cell, 1) == num_active - 1;
+    if (threadIdx.x == 0) is_last = arrive_acq_rel(counters + cell) == num_active - 1;
     __syncthreads();
     if (!is_last) return;
-    __threadfence();
     const float4* po = reinterpret_cast<const float4*>(part_o + cell * num_splits * GROUP * HEAD_DIM);
     const float2* pml = part_ml + cell * num_splits * GROUP;
     for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {

@@ -39,12 +39,13 @@ TUNING = {
     "default": dict(bw=3.0e12, lat_us=1.2, p=2.5, warps_per_sm=16, block_us=1.0,
                     fixed_us=3.0, merge_bytes_per_us=2.0e5, max_splits=128,
                     num_warps=8, unroll=4, num_warps_big_group=4, unroll_big_group=2,
-                    prefetch_kv_mb=(24, 100), min_chunk={64: 0, 128: 0}),
+                    prefetch_kv_mb=(24, 100), min_chunk={64: 128, 128: 0}),
 }
 # min_chunk (per head_dim): least tokens per split, applied on the device to the real length
 # (the plan's S is sized for the bucket's capacity). 0 = finest (one unroll-1 block step:
-# 16 tokens at D=128, 32 at D=64, 8 warps); 'STEP' (64 / 128) is the v1 rule. See the short-
-# context section of docs/decode_attention_notes.md.
+# 16 tokens at D=128, 32 at D=64, 8 warps); STEP (64 at D=128, 128 at D=64) is the v1 rule.
+# Run 5 (H100, capacity 8192, L 128/256/1024): D=128 best at 0, D=64 best at STEP on average
+# (docs/decode_attention_notes.md, short contexts).
 
 
 def cdiv(a: int, b: int) -> int:
