@@ -21,7 +21,20 @@
 //       then the warp reduces with shuffles.
 //
 // Defines: DTYPE_BF16 (0/1), MB (1..8), ROWS (1..8), WARPS, UNROLL, VEC (8: 16-byte loads, needs
-//          K % 8 == 0 and 16-byte aligned pointers; 1: scalar fallback), HAS_BIAS, HAS_RES.
+//          K % 8 == 0 and 16-byte aligned pointers; 1: scalar fallback), HAS_BIAS, HAS_RES,
+//          PROLOGUE (0/1/2, below), PRO_RES (PROLOGUE 1 only: 0/1).
+//
+// Prologues (FlashDecoding++-style fusion of the op that produces x into the x staging; each
+// saves one launch per decode linear). Both keep the intermediate rounded to T exactly where
+// the unfused ops round it, so the GEMV sees the same x up to the order of one fp32 sum:
+//   PROLOGUE 0: x as given.
+//   PROLOGUE 1: add + RMSNorm.  Extra args pro_res [M, K] (PRO_RES=1), norm_w [K], r_out [M, K],
+//               eps.  r = x (+ pro_res) rounded to T; every block reads the whole rows of r for
+//               the sum of squares (split-K blocks too) but stages only its K slice, then scales
+//               it in shared memory by rsqrt(mean(r^2) + eps) * norm_w.  Block (0, 0, z) alone
+//               writes its rows of r to r_out (must not alias x or pro_res: other blocks are
+//               still reading them).  PRO_RES=0: r = x, r_out is not written.
+//   PROLOGUE 2: SiLU-and-mul.  x is gate_up [M, 2K] = [g | u]; stages silu(g) * u rounded to T.
 //
 // Variants / when each wins (H100, see docs/flat_gemm_notes.md):
 //   1. split = 1: N large enough that cdiv(N, WARPS*ROWS) blocks fill the 132 SMs several times.
@@ -56,6 +69,12 @@
 #ifndef HAS_RES
 #define HAS_RES 0
 #endif
+#ifndef PROLOGUE
+#define PROLOGUE 0
+#endif
+#ifndef PRO_RES
+#define PRO_RES 0
+#endif
 
 #if DTYPE_BF16
 typedef __nv_bfloat16 T;
@@ -64,6 +83,10 @@ __device__ __forceinline__ float2 word_to_float2(unsigned u) {
 }
 __device__ __forceinline__ float elem_to_float(T v) { return __bfloat162float(v); }
 __device__ __forceinline__ T float_to_elem(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ unsigned float2_to_word(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&h);
+}
 #else
 typedef __half T;
 __device__ __forceinline__ float2 word_to_float2(unsigned u) {
@@ -71,6 +94,10 @@ __device__ __forceinline__ float2 word_to_float2(unsigned u) {
 }
 __device__ __forceinline__ float elem_to_float(T v) { return __half2float(v); }
 __device__ __forceinline__ T float_to_elem(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ unsigned float2_to_word(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&h);
+}
 #endif
 
 #if VEC == 8
@@ -90,12 +117,17 @@ __device__ __forceinline__ void unpack(Raw r, float f[8]) {
     f[0] = a.x; f[1] = a.y; f[2] = b.x; f[3] = b.y;
     f[4] = c.x; f[5] = c.y; f[6] = d.x; f[7] = d.y;
 }
+__device__ __forceinline__ Raw pack(const float f[8]) {
+    return make_uint4(float2_to_word(f[0], f[1]), float2_to_word(f[2], f[3]),
+                      float2_to_word(f[4], f[5]), float2_to_word(f[6], f[7]));
+}
 #else
 typedef T Raw;  // one element
 __device__ __forceinline__ Raw load_stream(const T* p) { return *p; }
 __device__ __forceinline__ Raw load_plain(const T* p) { return *p; }
 __device__ __forceinline__ Raw zero_raw() { return float_to_elem(0.f); }
 __device__ __forceinline__ void unpack(Raw r, float f[1]) { f[0] = elem_to_float(r); }
+__device__ __forceinline__ Raw pack(const float f[1]) { return float_to_elem(f[0]); }
 #endif
 
 __device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias,
@@ -109,10 +141,100 @@ __device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias,
     return v;
 }
 
+#if PROLOGUE == 1
+// x, pro_res [M, K] -> xs [MB, k_chunk] = rmsnorm(r)[m0:m0+MB, k0:k0+k_chunk], r = x (+ pro_res);
+// zero beyond M and K. Block (0, 0, z) writes r_out[m0:m0+mb, :] = r.
+__device__ __forceinline__ void stage_add_rmsnorm(T* xs, const T* __restrict__ x,
+                                                  const T* __restrict__ pro_res,
+                                                  const T* __restrict__ norm_w,
+                                                  T* __restrict__ r_out, float eps, int m0,
+                                                  int mb, int K, int k0, int kc, int k_chunk) {
+    __shared__ float s_sum[WARPS][MB];
+    __shared__ float s_inv_rms[MB];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const bool is_writer = blockIdx.x == 0 && blockIdx.y == 0;
+    // pass 1 (global): r rows -> sum of squares, own K slice of r -> xs, r -> r_out (writer)
+    for (int m = 0; m < mb; ++m) {
+        float ss = 0.f;
+        {
+            const size_t row = (size_t)(m0 + m) * K;
+            for (int k = tid * VEC; k < K; k += WARPS * 32 * VEC) {
+                Raw r = load_plain(x + row + k);
+                float f[VEC];
+                unpack(r, f);
+#if PRO_RES
+                float g[VEC];
+                unpack(load_plain(pro_res + row + k), g);
+#pragma unroll
+                for (int j = 0; j < VEC; ++j) f[j] += g[j];
+                r = pack(f);
+                unpack(r, f);  // the sum of squares uses the rounded r, as rmsnorm_kernel does
+                if (is_writer) *reinterpret_cast<Raw*>(r_out + row + k) = r;
+#endif
+#pragma unroll
+                for (int j = 0; j < VEC; ++j) ss = fmaf(f[j], f[j], ss);
+                if (k >= k0 && k - k0 < kc) *reinterpret_cast<Raw*>(xs + m * k_chunk + k - k0) = r;
+            }
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+        if (lane == 0) s_sum[warp][m] = ss;
+    }
+    __syncthreads();
+    if (tid < mb) {
+        float ss = 0.f;
+#pragma unroll
+        for (int j = 0; j < WARPS; ++j) ss += s_sum[j][tid];
+        s_inv_rms[tid] = rsqrtf(ss / K + eps);
+    }
+    __syncthreads();
+    // pass 2 (shared): scale the staged slice, zero the padding
+    for (int i = tid * VEC; i < MB * k_chunk; i += WARPS * 32 * VEC) {
+        const int m = i / k_chunk, kk = i - m * k_chunk;
+        Raw v = zero_raw();
+        if (m < mb && kk < kc) {
+            float f[VEC], g[VEC];
+            unpack(*reinterpret_cast<const Raw*>(xs + i), f);
+            unpack(load_plain(norm_w + k0 + kk), g);
+            const float inv_rms = s_inv_rms[m];
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) f[j] = f[j] * inv_rms * g[j];
+            v = pack(f);
+        }
+        *reinterpret_cast<Raw*>(xs + i) = v;
+    }
+}
+#define PROLOGUE_PARAMS \
+    , const T* __restrict__ pro_res, const T* __restrict__ norm_w, T* __restrict__ r_out, float eps
+#else
+#define PROLOGUE_PARAMS
+#endif
+
+#if PROLOGUE == 2
+// gate_up [M, 2K] -> xs [MB, k_chunk] = silu(g) * u over this block's slice, zero beyond M and K
+__device__ __forceinline__ void stage_silu_mul(T* xs, const T* __restrict__ gate_up, int m0,
+                                               int mb, int K, int k0, int kc, int k_chunk) {
+    for (int i = threadIdx.x * VEC; i < MB * k_chunk; i += WARPS * 32 * VEC) {
+        const int m = i / k_chunk, kk = i - m * k_chunk;
+        Raw v = zero_raw();
+        if (m < mb && kk < kc) {
+            const T* g_ptr = gate_up + (size_t)(m0 + m) * 2 * K + k0 + kk;
+            float g[VEC], u[VEC];
+            unpack(load_plain(g_ptr), g);
+            unpack(load_plain(g_ptr + K), u);
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) g[j] = g[j] / (1.f + __expf(-g[j])) * u[j];
+            v = pack(g);
+        }
+        *reinterpret_cast<Raw*>(xs + i) = v;
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
             const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
-            int M, int N, int K, int k_chunk) {
+            int M, int N, int K, int k_chunk PROLOGUE_PARAMS) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* xs = reinterpret_cast<T*>(smem_raw);  // [MB, k_chunk]
     __shared__ unsigned s_is_last;
@@ -124,6 +246,11 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     const int k0 = s * k_chunk;
     const int kc = max(0, min(K, k0 + k_chunk) - k0);
 
+#if PROLOGUE == 1
+    stage_add_rmsnorm(xs, x, pro_res, norm_w, r_out, eps, m0, mb, K, k0, kc, k_chunk);
+#elif PROLOGUE == 2
+    stage_silu_mul(xs, x, m0, mb, K, k0, kc, k_chunk);
+#else
     // x[m0:m0+MB, k0:k0+k_chunk] -> shared, zero beyond M and K
     for (int i = tid * VEC; i < MB * k_chunk; i += WARPS * 32 * VEC) {
         const int m = i / k_chunk, kk = i - m * k_chunk;
@@ -131,6 +258,7 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         if (m < mb && kk < kc) v = load_plain(x + (size_t)(m0 + m) * K + k0 + kk);
         *reinterpret_cast<Raw*>(xs + i) = v;
     }
+#endif
     __syncthreads();
 
     const int n_base = (blockIdx.x * WARPS + warp) * ROWS;

@@ -36,6 +36,21 @@ VARIANTS: list[tuple[str, dict]] = [
     ("attention_prefill.cu", {"HEAD_DIM": 8, "ROWS_PER_WARP": 4, "NUM_WARPS": 4}),
     ("sampling.cu", {}), ("sampling.cu", {"LOGITS_F32": 1, **BF16}),
 ]
+# decode attention as attention.kernel_config() launches it: groups <= 4 run 8 warps,
+# UNROLL 4, 2 blocks/SM; larger groups 4 warps, UNROLL 2; sync and async; L2 prefetch on/off
+_DECODE_SMALL = {"NUM_WARPS": 8, "UNROLL": 4, "MIN_BLOCKS": 2}
+_DECODE_BIG = {"NUM_WARPS": 4, "UNROLL": 2, "MIN_BLOCKS": 1}
+VARIANTS += [
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 4, "IS_ASYNC": a, "PREFETCH": p,
+                             **_DECODE_SMALL, "UNROLL": 4 - a}) for a in (0, 1) for p in (0, 1)
+] + [
+    ("decode_attention.cu", {"HEAD_DIM": 64, "GROUP": 3, "IS_ASYNC": 1, "PREFETCH": 0,
+                             **_DECODE_SMALL, "UNROLL": 3, "DTYPE_BF16": 1}),
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 1, "IS_ASYNC": 1, "PREFETCH": 0,
+                             **_DECODE_SMALL, "UNROLL": 3}),
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 8, "IS_ASYNC": 1, "PREFETCH": 0,
+                             **_DECODE_BIG}),
+]
 
 _FUNC = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)'")
 _SPILL = re.compile(r"(\d+) bytes spill stores")

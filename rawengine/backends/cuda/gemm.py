@@ -150,20 +150,23 @@ def _gemv_launch(x, w, y, bias, residual, M: int, K: int, is_vec: bool, prologue
 
 
 # --- fused prologues: the op producing x runs inside the GEMV's x staging ----------------------
+# Fusion saves one ~2 us launch but puts a serial prologue in front of every block's weight
+# stream; it pays only where the product is launch bound (H100, docs/flat_gemm_notes.md v4:
+# SmolLM2 shapes gain 1.5-2 us each, Llama-3-8B gate_up / down lose 2-4 us).
 FUSED_MAX_M = 8
-# Below this M*N*K a decode product is launch bound, so the fused GEMV (one launch fewer) is
-# taken even where the table prefers the flat GEMM (SmolLM2 down 576x1536 at M = 1: 0.9 M).
-FUSED_SMALL_MNK = 1 << 22
+FUSED_MAX_MNK = 1 << 24  # where the table picks gemv
+FUSED_SMALL_MNK = 1 << 22  # where it picks the flat GEMM (SmolLM2 down 576x1536 at M = 1)
+FUSED_SMALL_PARAMS = {"rows": 2, "warps": 8, "split": 1}  # split-K fix-up costs ~1 us here
 
 
 def _fused_params(M: int, N: int, K: int) -> dict | None:
     """gemv params for a fused prologue, or None where the unfused ops should run."""
-    if not 1 <= M <= FUSED_MAX_M:
+    if not 1 <= M <= FUSED_MAX_M or M * N * K > FUSED_MAX_MNK:
         return None
     impl, params = choose(M, N, K, capturing=True)  # same answer eagerly and under capture
     if impl == "gemv":
         return params
-    return {} if M * N * K <= FUSED_SMALL_MNK else None
+    return dict(FUSED_SMALL_PARAMS) if M * N * K <= FUSED_SMALL_MNK else None
 
 
 def _dest(out, shape: tuple, dtype):
@@ -187,8 +190,7 @@ def norm_linear(x, residual, norm_w, eps: float, w, bias=None, *, out=None, r_ou
         y = (r / sqrt(mean(r^2) + eps) * norm_w) @ w.T (+ bias)
     x, residual [M, K]; norm_w [K]; w [N, K]; bias [N]. Returns (y [M, N], r [M, K]); r is a
     new array (x itself when residual is None). Returns None when the fused path does not
-    apply (M > FUSED_MAX_M, a shape the dispatch gives to the tensor-core kernels, other
-    dtypes or shapes): the caller runs rmsnorm + linear. Graph-capturable (no cuBLAS, no sync).
+    apply (M > FUSED_MAX_M, products too big to be launch bound, other dtypes or shapes): the caller runs rmsnorm + linear. Graph-capturable (no cuBLAS, no sync).
     out [M, N], r_out [M, K]: optional destinations (contiguous; r_out must not alias x or
     residual). params: gemv params; given, the fused path is taken for any M <= 8 (tests, lab)."""
     if x.ndim != 2 or w.ndim != 2 or norm_w.ndim != 1:
