@@ -5,9 +5,11 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/gpu_session}; mkdir -p "$OUT"
+# logs go to $LOG; the device tool returns at most 8 files, so they travel as one tarball
+FINAL=${OUT:-}; OUT=/tmp/gpu_session; rm -rf "$OUT"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -m pytest tests/kernels -q -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/tests.txt"
+python3 tools/bench_attention.py --out "$OUT" > "$OUT/bench_attention.txt" 2>&1; tail -4 "$OUT/bench_attention.txt"
 python3 tools/profile_decode.py smollm2-135m 2>&1 | tee "$OUT/profile_smollm2.txt"
 python3 tools/profile_decode.py llama-3-8b 2>&1 | tee "$OUT/profile_llama3.txt"
 # start-up: process start to exit for one token, cold (empty kernel cache) then warm
@@ -30,3 +32,5 @@ fi
 echo "=== summary"; cat "$OUT/tests.txt" "$OUT/startup.txt" 2>/dev/null
 grep -h "engine step\|graph replay\|host overhead" "$OUT"/profile_*.txt
 tail -40 "$OUT/bench_e2e.md"
+grep -h "geomean" "$OUT/bench_attention.txt"
+[ -n "$FINAL" ] && tar czf "$FINAL/gpu_session.tgz" -C "$OUT" .
