@@ -26,6 +26,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto")
     p.add_argument("--no-graphs", action="store_true", help="eager decode (no CUDA graphs)")
+    p.add_argument("--attention", choices=["sync", "async"], default=None,
+                   help="GPU decode softmax variant (default sync)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     p.add_argument("--compare-torch", action="store_true",
                    help="also run HF transformers on the same architecture (needs torch)")
@@ -53,7 +55,8 @@ def cmd_bench(args) -> int:
     t0 = time.perf_counter()
     engine = Engine(src, device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
                     max_model_len=args.prompt_len + args.new_tokens + 1,
-                    max_num_seqs=args.batch, use_graphs=not args.no_graphs)
+                    max_num_seqs=args.batch, use_graphs=not args.no_graphs,
+                    attention=getattr(args, "attention", None))
     log(f"ready in {time.perf_counter() - t0:.1f} s on {engine.backend.name}; warming up")
     rng = np.random.default_rng(0)
     params = SamplingParams(max_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)

@@ -19,6 +19,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto")
     p.add_argument("--max-model-len", type=int, default=None,
                    help="context length to reserve KV cache for (default: min(model, 8192))")
+    p.add_argument("--attention", choices=["sync", "async"], default=None,
+                   help="GPU decode softmax: split-KV with running max (sync, default) or "
+                        "unified max (async, FlashDecoding++)")
 
 
 def generate_parser(sub) -> None:
@@ -58,7 +61,7 @@ def cmd_generate(args) -> int:
 
     prompt = read_prompt(args)
     llm = LLM(args.model, device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
-              max_model_len=args.max_model_len, max_num_seqs=1)
+              max_model_len=args.max_model_len, max_num_seqs=1, attention=args.attention)
     params = llm.default_params(max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                                 repetition_penalty=args.repetition_penalty, seed=args.seed,
