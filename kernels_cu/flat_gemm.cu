@@ -44,8 +44,7 @@
 //   1. flat_gemm_kernel, BM = 16..32, BK = 128, WARPS_N = 2, WARPS_K = 4: M = 8..32 on
 //      qkv / o / down / lm_head.
 //   2. M >= 64: cuBLAS (outside graph capture); this file's kernels are the capture fallback.
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "common.cuh"
 
 #ifndef DTYPE_BF16
 #define DTYPE_BF16 0
@@ -89,16 +88,11 @@
 #define CHUNKS (BK / 8)  // 16-byte chunks per tile row
 #define CPAD 4           // fp32 pad per row of the C tile: 2 * (BN + 4) % 32 == 8, conflict-free
 
+typedef dtype_t T;  // common.cuh: bf16 with -DDTYPE_BF16=1, else half
 #if DTYPE_BF16
-typedef __nv_bfloat16 T;
 #define MMA_TYPE "bf16"
-__device__ __forceinline__ float elem_to_float(T v) { return __bfloat162float(v); }
-__device__ __forceinline__ T float_to_elem(float v) { return __float2bfloat16_rn(v); }
 #else
-typedef __half T;
 #define MMA_TYPE "f16"
-__device__ __forceinline__ float elem_to_float(T v) { return __half2float(v); }
-__device__ __forceinline__ T float_to_elem(float v) { return __float2half_rn(v); }
 #endif
 
 // element offset of (row, 16-byte chunk ch) in a [rows, BK] swizzled tile
@@ -137,12 +131,64 @@ __device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], const 
 __device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias, const T* res,
                                           int m, int n, int N) {
 #if HAS_BIAS
-    v += elem_to_float(bias[n]);
+    v += to_f32(bias[n]);
 #endif
 #if HAS_RES
-    v += elem_to_float(res[(size_t)m * N + n]);
+    v += to_f32(res[(size_t)m * N + n]);
 #endif
     return v;
+}
+
+// Fragments -> fp32 C tile cs[wk][m][n] (c0: (n = g, m = 2t), c1: (g, 2t+1), c2/c3: n + 8),
+// sum over the WARPS_K warps, then either store y (split == 1) or park the partial in ws and
+// let the last split block of the tile reduce all partials and store y (its counter is reset
+// so graph replays work). Shared by both kernels.
+__device__ __forceinline__ void store_tile(const float (&acc)[FN][FM][4], float* cs,
+                                          unsigned& s_is_last, int tid, int wn, int wk, int g,
+                                          int t, int m0, int n0, int M, int N, int split, int s,
+                                          const T* __restrict__ bias, const T* res, T* y,
+                                          float* __restrict__ ws,
+                                          unsigned* __restrict__ counters) {
+#pragma unroll
+    for (int fn = 0; fn < FN; ++fn)
+#pragma unroll
+        for (int fm = 0; fm < FM; ++fm) {
+            const int n = (wn * FN + fn) * 16 + g, m = fm * 8 + 2 * t;
+            float* c = cs + (wk * BM + m) * (BN + CPAD) + n;
+            c[0] = acc[fn][fm][0];
+            c[BN + CPAD] = acc[fn][fm][1];
+            c[8] = acc[fn][fm][2];
+            c[BN + CPAD + 8] = acc[fn][fm][3];
+        }
+    __syncthreads();
+
+    for (int i = tid; i < BM * BN; i += NT) {
+        const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
+        float v = 0.f;
+#pragma unroll
+        for (int j = 0; j < WARPS_K; ++j) v += cs[(j * BM + m) * (BN + CPAD) + n];
+        if (gm < M && gn < N) {
+            if (split == 1) y[(size_t)gm * N + gn] = from_f32<T>(epilogue(v, bias, res, gm, gn, N));
+            else ws[((size_t)s * M + gm) * N + gn] = v;
+        }
+    }
+    if (split == 1) return;
+
+    __threadfence();
+    __syncthreads();
+    const int tile = blockIdx.z * gridDim.x + blockIdx.x;
+    if (tid == 0) s_is_last = atomicAdd(&counters[tile], 1u) == (unsigned)(split - 1);
+    __syncthreads();
+    if (!s_is_last) return;
+    __threadfence();
+    for (int i = tid; i < BM * BN; i += NT) {
+        const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
+        if (gm >= M || gn >= N) continue;
+        float v = 0.f;
+        for (int j = 0; j < split; ++j) v += __ldcg(ws + ((size_t)j * M + gm) * N + gn);
+        y[(size_t)gm * N + gn] = from_f32<T>(epilogue(v, bias, res, gm, gn, N));
+    }
+    if (tid == 0) counters[tile] = 0u;
 }
 
 #if !DIRECT
@@ -225,49 +271,10 @@ flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __re
     cp_async_wait<0>();
     __syncthreads();  // ring is reused as the C tile
 
-    // fragments -> C tile cs[wk][m][n] (fp32). c0: (n = g, m = 2t), c1: (g, 2t+1), c2/c3: n + 8
     float* cs = reinterpret_cast<float*>(smem_raw);
     const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int fn = 0; fn < FN; ++fn)
-#pragma unroll
-        for (int fm = 0; fm < FM; ++fm) {
-            const int n = (wn * FN + fn) * 16 + g, m = fm * 8 + 2 * t;
-            float* c = cs + (wk * BM + m) * (BN + CPAD) + n;
-            c[0] = acc[fn][fm][0];
-            c[BN + CPAD] = acc[fn][fm][1];
-            c[8] = acc[fn][fm][2];
-            c[BN + CPAD + 8] = acc[fn][fm][3];
-        }
-    __syncthreads();
-
-    for (int i = tid; i < BM * BN; i += NT) {
-        const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
-        float v = 0.f;
-#pragma unroll
-        for (int j = 0; j < WARPS_K; ++j) v += cs[(j * BM + m) * (BN + CPAD) + n];
-        if (gm < M && gn < N) {
-            if (split == 1) y[(size_t)gm * N + gn] = float_to_elem(epilogue(v, bias, res, gm, gn, N));
-            else ws[((size_t)s * M + gm) * N + gn] = v;
-        }
-    }
-    if (split == 1) return;
-
-    __threadfence();
-    __syncthreads();
-    const int tile = blockIdx.z * gridDim.x + blockIdx.x;
-    if (tid == 0) s_is_last = atomicAdd(&counters[tile], 1u) == (unsigned)(split - 1);
-    __syncthreads();
-    if (!s_is_last) return;
-    __threadfence();
-    for (int i = tid; i < BM * BN; i += NT) {
-        const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
-        if (gm >= M || gn >= N) continue;
-        float v = 0.f;
-        for (int j = 0; j < split; ++j) v += __ldcg(ws + ((size_t)j * M + gm) * N + gn);
-        y[(size_t)gm * N + gn] = float_to_elem(epilogue(v, bias, res, gm, gn, N));
-    }
-    if (tid == 0) counters[tile] = 0u;
+    store_tile(acc, cs, s_is_last, tid, wn, wk, g, t, m0, n0, M, N, split, s, bias, res, y, ws,
+               counters);
 }
 
 #endif  // !DIRECT
@@ -352,46 +359,7 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
                 }
     }
 
-    // fragments -> C tile cs[wk][m][n]; c0: (n = g, m = 2t), c1: (g, 2t+1), c2/c3: n + 8
-#pragma unroll
-    for (int fn = 0; fn < FN; ++fn)
-#pragma unroll
-        for (int fm = 0; fm < FM; ++fm) {
-            const int n = (wn * FN + fn) * 16 + g, m = fm * 8 + 2 * t;
-            float* c = cs + (wk * BM + m) * (BN + CPAD) + n;
-            c[0] = acc[fn][fm][0];
-            c[BN + CPAD] = acc[fn][fm][1];
-            c[8] = acc[fn][fm][2];
-            c[BN + CPAD + 8] = acc[fn][fm][3];
-        }
-    __syncthreads();
-
-    for (int i = tid; i < BM * BN; i += NT) {
-        const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
-        float v = 0.f;
-#pragma unroll
-        for (int j = 0; j < WARPS_K; ++j) v += cs[(j * BM + m) * (BN + CPAD) + n];
-        if (gm < M && gn < N) {
-            if (split == 1) y[(size_t)gm * N + gn] = float_to_elem(epilogue(v, bias, res, gm, gn, N));
-            else ws[((size_t)s * M + gm) * N + gn] = v;
-        }
-    }
-    if (split == 1) return;
-
-    __threadfence();
-    __syncthreads();
-    const int tile = blockIdx.z * gridDim.x + blockIdx.x;
-    if (tid == 0) s_is_last = atomicAdd(&counters[tile], 1u) == (unsigned)(split - 1);
-    __syncthreads();
-    if (!s_is_last) return;
-    __threadfence();
-    for (int i = tid; i < BM * BN; i += NT) {
-        const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
-        if (gm >= M || gn >= N) continue;
-        float v = 0.f;
-        for (int j = 0; j < split; ++j) v += __ldcg(ws + ((size_t)j * M + gm) * N + gn);
-        y[(size_t)gm * N + gn] = float_to_elem(epilogue(v, bias, res, gm, gn, N));
-    }
-    if (tid == 0) counters[tile] = 0u;
+    store_tile(acc, cs, s_is_last, tid, wn, wk, g, t, m0, n0, M, N, split, s, bias, res, y, ws,
+               counters);
 }
 #endif  // DIRECT
