@@ -97,7 +97,8 @@ class Engine:
         return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * context * item
 
     # --- one step -------------------------------------------------------------------
-    def plan(self, seqs: list[Sequence], counts: list[int]) -> tuple[np.ndarray, dict]:
+    def plan(self, seqs: list[Sequence], counts: list[int],
+             with_ids: bool = True) -> tuple[np.ndarray | None, dict]:
         """Host arrays for a step where seqs[i] adds counts[i] new tokens to the cache.
         Vectorised over tokens: at batch 32 a per-sequence loop of small numpy calls cost
         ~0.5 ms a step on the host."""
@@ -113,10 +114,12 @@ class Engine:
         row = np.repeat(np.arange(b), n_new)  # sequence of each token
         positions = (np.arange(qstart[-1]) - qstart[row] + starts[row]).astype(np.int32)
         slots = tables[row, positions // bs] * bs + positions % bs
-        ids = [t for s, n in zip(seqs, counts) for t in s.token_ids[s.num_cached:s.num_cached + n]]
         arrays = dict(positions=positions, slot_mapping=slots.astype(np.int32),
                       query_start=qstart, seq_lens=starts + n_new, block_tables=tables,
                       logits_indices=qstart[1:] - 1)
+        if not with_ids:  # the input tokens are already on the device (pipelined decode)
+            return None, arrays
+        ids = [t for s, n in zip(seqs, counts) for t in s.token_ids[s.num_cached:s.num_cached + n]]
         return np.asarray(ids, np.int32), arrays
 
     def to_meta(self, arrays: dict, max_query_len: int, max_seq_len: int) -> StepMeta:
@@ -125,9 +128,10 @@ class Engine:
         return StepMeta(**dev, max_query_len=max_query_len, max_seq_len=max_seq_len,
                         is_decode=max_query_len == 1)
 
-    def forward(self, seqs: list[Sequence], counts: list[int]):
-        """Runs one step; returns logits [len(seqs), V] on the backend."""
-        ids, arrays = self.plan(seqs, counts)
+    def forward(self, seqs: list[Sequence], counts: list[int], feedback: bool = False):
+        """Runs one step; returns logits [len(seqs), V] on the backend. feedback: a decode
+        graph step whose input ids are the previous graph step's argmax, still on the device."""
+        ids, arrays = self.plan(seqs, counts, with_ids=not feedback)
         self.greedy_ids = None  # device argmax computed inside a decode graph
         if self.graphs is not None and max(counts) == 1 and self.graphs.can_run(len(seqs)):
             logits = self.graphs.run(ids, arrays)
@@ -199,9 +203,12 @@ class Engine:
             running = [s for s in running if not s.finished]
             t1 = time.perf_counter()
             while running:
-                logits = self.forward(running, [1] * len(running))
-                yield from self._append(running, self.sample(logits, running), eos_ids)
-                st.decode_steps += 1
+                if self.can_pipeline(running):
+                    yield from self._decode_pipelined(running, eos_ids)
+                else:
+                    logits = self.forward(running, [1] * len(running))
+                    yield from self._append(running, self.sample(logits, running), eos_ids)
+                    st.decode_steps += 1
                 running = [s for s in running if not s.finished]
                 for s in seqs:
                     if s.finished and s.block_table:
@@ -210,6 +217,34 @@ class Engine:
         finally:
             for s in seqs:
                 self.kv.release(s.block_table)
+
+    def can_pipeline(self, seqs: list[Sequence]) -> bool:
+        """Plain greedy rows on a captured decode graph, with room for one step ahead."""
+        return (self.graphs is not None and self.graphs.can_run(len(seqs))
+                and hasattr(self.backend, "fetch_async")
+                and all(s.params.is_greedy and s.params.repetition_penalty == 1.0
+                        and len(s.token_ids) + 2 < self.max_model_len for s in seqs))
+
+    def _decode_pipelined(self, seqs: list[Sequence], eos_ids) -> Iterator[Sequence]:
+        """Greedy decode one step ahead: the graph writes its argmax into the next step's
+        input ids, so step k+1 is launched before the host reads step k's tokens and the
+        host work hides behind the GPU. Returns when the batch changes (a sequence finished,
+        or is about to run out of context); the step already in flight is drained first."""
+        self.forward(seqs, [1] * len(seqs))  # input ids from the host
+        pending = self.backend.fetch_async(self.greedy_ids)
+        while True:
+            room = all(len(s.token_ids) + 3 < self.max_model_len for s in seqs)
+            if room:
+                self.forward(seqs, [1] * len(seqs), feedback=True)
+                ahead = self.backend.fetch_async(self.greedy_ids)
+            yield from self._append(seqs, pending(), eos_ids)
+            self.stats.decode_steps += 1
+            if not room or any(s.finished for s in seqs):
+                break
+            pending = ahead
+        if room:  # the step in flight already holds the survivors' next tokens
+            yield from self._append(seqs, ahead(), eos_ids)
+            self.stats.decode_steps += 1
 
     def _append(self, seqs, new_ids, eos_ids) -> Iterator[Sequence]:
         for s, t in zip(seqs, new_ids):

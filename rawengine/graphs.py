@@ -59,16 +59,22 @@ class DecodeGraphs:
 
         def step():
             logits = e.model.forward(views["ids"], meta, e.kv.layers)
-            return logits, b.argmax(logits)
+            greedy = b.argmax(logits)
+            views["ids"][...] = greedy  # the next step's input when decode is pipelined
+            return logits, greedy
 
         self.captured[bucket] = (buf, b.graph(step))
         return self.captured[bucket]
 
-    def run(self, ids: np.ndarray, arrays: dict):
-        n = len(ids)
+    def run(self, ids: np.ndarray | None, arrays: dict):
+        """ids None: keep the ids the previous replay of this bucket wrote (its argmax)."""
+        n = len(arrays["seq_lens"])
         bucket = next(b for b in self.buckets if b >= n)
         buf, replay = self.captured.get(bucket) or self._capture(bucket)
-        buf.set(self._pack(ids, arrays, bucket))
+        if ids is None:
+            buf[bucket:].set(self._pack(np.zeros(n, np.int32), arrays, bucket)[bucket:])
+        else:
+            buf.set(self._pack(ids, arrays, bucket))
         logits, greedy = replay()
         self.greedy_ids = greedy[:n]
         return logits[:n]

@@ -107,3 +107,33 @@ def test_graphs_and_eager_agree(smollm2_shaped):
     b = Engine(smollm2_shaped, device="cuda", max_model_len=256, max_num_seqs=2, use_graphs=False)
     assert a.graphs is not None and b.graphs is None
     assert greedy(a, prompts, 16) == greedy(b, prompts, 16)
+
+
+def test_pipelined_decode_equals_eager_when_the_batch_changes(smollm2_shaped, monkeypatch):
+    """Greedy decode with graphs runs one step ahead (the graph feeds its argmax back as the
+    next input). Ragged max_tokens, a caller stopping one sequence mid-way and a context
+    limit all change the batch while a step is in flight; tokens must equal plain eager
+    decoding, and every KV block must be returned."""
+    prompts = [[5, 6, 7], list(range(40)), list(range(100, 111))]
+
+    def run(use_graphs):
+        e = Engine(smollm2_shaped, device="cuda", max_model_len=64, max_num_seqs=3,
+                   use_graphs=use_graphs)
+        params = [SamplingParams(max_tokens=n, temperature=0.0) for n in (5, 40, 17)]
+        out = {}
+        for s in e.generate(prompts, params):
+            out[s.index] = list(s.output_ids)
+            if s.index == 2 and len(s.output_ids) == 9:
+                s.finished = True  # what a stop string does
+        assert e.kv.allocator.num_free == e.kv.num_blocks - 1
+        return out, e
+
+    eager, _ = run(False)
+    calls = []
+    pipelined = Engine._decode_pipelined
+    monkeypatch.setattr(Engine, "_decode_pipelined",
+                        lambda self, *a: calls.append(1) or pipelined(self, *a))
+    piped, _ = run(True)
+    assert len(calls) >= 3  # re-entered after each batch change
+    assert piped == eager
+    assert [len(piped[i]) for i in range(3)] == [5, 64 - 40, 9]  # seq 1 stops at the context

@@ -98,6 +98,24 @@ class CudaBackend(Backend):
     def synchronize(self) -> None:
         cp.cuda.get_current_stream().synchronize()
 
+    def fetch_async(self, a):
+        """Queue a device-to-host copy of `a` on the current stream (into pinned memory) and
+        return a callable that waits for it and gives the numpy array: lets the host launch
+        more work before it needs the values."""
+        import cupyx
+
+        host = cupyx.empty_pinned(a.shape, a.dtype)
+        stream = cp.cuda.get_current_stream()
+        cp.cuda.runtime.memcpyAsync(host.ctypes.data, a.data.ptr, a.nbytes,
+                                    cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
+        done = stream.record()
+
+        def wait():
+            done.synchronize()
+            return host.tolist()
+
+        return wait
+
     # --- reporting ----------------------------------------------------------------
     def device_name(self) -> str:
         return cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"].decode()
