@@ -1,34 +1,36 @@
 #!/usr/bin/env bash
-# The one command for the GPU machine: kernel tests, end-to-end GPU-vs-NumPy test, benchmarks.
-#   bash tools/gpu_check.sh          (from the repo root; full logs go to $OUT when it is set)
-# Uses only what is installed there (python3 with CuPy, numpy, pytest); PYTHONPATH=. for rawengine.
+# One call on the GPU machine: GPU tests, decode profile, end-to-end grid, start-up time,
+# torch comparison. Full logs under $OUT; short tables last.
+#   bash tools/gpu_check.sh [quick]
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-LOG=${OUT:-/tmp/gpu_check}
-mkdir -p "$LOG"
-declare -A RESULT
-
-run() {  # run NAME CMD...: logs to $LOG/NAME.log, remembers pass/fail and the last line
-    local name=$1; shift
-    echo "=== $name: $*"
-    "$@" 2>&1 | tee "$LOG/$name.log"
-    local rc=${PIPESTATUS[0]}
-    RESULT[$name]="$([ "$rc" = 0 ] && echo PASS || echo "FAIL($rc)")  $(grep -v '^\s*$' "$LOG/$name.log" | tail -1 | cut -c1-90)"
-}
-
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$LOG/gpu.txt"
-python3 -c "import cupy; print('cupy', cupy.__version__, 'bf16 dtype:', hasattr(cupy, 'bfloat16'))" | tee -a "$LOG/gpu.txt"
-run kernel_tests python3 -m pytest tests/kernels -q -p no:cacheprovider
-if ls tests/test_*gpu*.py >/dev/null 2>&1; then  # end-to-end GPU-vs-NumPy (owned by the lead)
-    run e2e_gpu python3 -m pytest tests/ -q -p no:cacheprovider -k "gpu or cuda" --ignore=tests/kernels
-else
-    RESULT[e2e_gpu]="SKIP  no tests/test_*gpu*.py yet"
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+# logs go to $LOG; the device tool returns at most 8 files, so they travel as one tarball
+FINAL=${OUT:-}; OUT=/tmp/gpu_check; rm -rf "$OUT"; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -m pytest tests/kernels -q -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/tests.txt"
+python3 tools/bench_attention.py --out "$OUT" > "$OUT/bench_attention.txt" 2>&1; tail -4 "$OUT/bench_attention.txt"
+python3 tools/profile_decode.py smollm2-135m 2>&1 | tee "$OUT/profile_smollm2.txt"
+python3 tools/profile_decode.py llama-3-8b 2>&1 | tee "$OUT/profile_llama3.txt"
+# start-up: process start to exit for one token, cold (empty kernel cache) then warm
+if [ -d .gpu_carry/smollm2 ]; then
+  python3 tools/random_checkpoint.py smollm2-135m /tmp/smol --tokenizer-from .gpu_carry/smollm2
+  export CUPY_CACHE_DIR=/tmp/cupy_cold_cache; rm -rf "$CUPY_CACHE_DIR"
+  for run in cold warm; do
+    s=$(date +%s%N)
+    python3 -m rawengine.cli generate --model /tmp/smol --device cuda -n 1 "Hello" > /dev/null 2> "$OUT/start_$run.txt"
+    echo "start-up $run: $(( ($(date +%s%N) - s) / 1000000 )) ms  $(tail -1 "$OUT/start_$run.txt")" | tee -a "$OUT/startup.txt"
+  done
+  unset CUPY_CACHE_DIR
 fi
-run bench_kernels python3 tools/bench_kernels.py --dtype float16
-# --- BENCH PLACEHOLDER: add `rawengine bench` (end-to-end prefill/decode tok/s) here once the
-# --- lead's CLI has it, e.g.:  run bench_e2e python3 -m rawengine.cli bench ...
-
-echo; echo "=== summary (logs in $LOG)"
-for k in "${!RESULT[@]}"; do printf '%-14s %s\n' "$k" "${RESULT[$k]}"; done
-[ -f "$LOG/bench_kernels.log" ] && cat "$LOG/bench_kernels.log" | tail -20
+if [ "${1:-}" = quick ]; then
+  python3 tools/bench_e2e.py --out "$OUT" --quick 2>"$OUT/bench_e2e.err" | tee "$OUT/bench_e2e.md"
+else
+  timeout 400 python3 tools/bench_e2e.py --out "$OUT" --extra llama-3-8b:1:16384 2>"$OUT/bench_e2e.err" | tee "$OUT/bench_e2e.md"
+  timeout 240 python3 -m rawengine.cli bench smollm2-135m --compare-torch 2>&1 | tee "$OUT/compare_torch.txt"
+fi
+echo "=== summary"; cat "$OUT/tests.txt" "$OUT/startup.txt" 2>/dev/null
+grep -h "engine step\|graph replay\|host overhead" "$OUT"/profile_*.txt
+tail -40 "$OUT/bench_e2e.md"
+grep -h "geomean" "$OUT/bench_attention.txt"
+[ -n "$FINAL" ] && tar czf "$FINAL/gpu_check.tgz" -C "$OUT" .

@@ -79,5 +79,9 @@ class LlamaModel:
             gate_up, residual = b.norm_linear(x, residual, w["post_norm"], c.rms_norm_eps,
                                               w["gate_up"])
             x = b.silu_mul_linear(gate_up, w["down"])
-        last = b.gather_rows(b.add(x, residual), meta.logits_indices)
-        return b.linear(b.rmsnorm(last, self.norm, c.rms_norm_eps), self.lm_head)
+        if meta.is_decode:  # every row is its sequence's last token: no gather needed
+            h, _ = b.rmsnorm(x, self.norm, c.rms_norm_eps, residual)
+        else:
+            last = b.gather_rows(b.add(x, residual), meta.logits_indices)
+            h = b.rmsnorm(last, self.norm, c.rms_norm_eps)
+        return b.linear(h, self.lm_head)
