@@ -36,6 +36,16 @@
 //               still reading them).  PRO_RES=0: r = x, r_out is not written.
 //   PROLOGUE 2: SiLU-and-mul.  x is gate_up [M, 2K] = [g | u]; stages silu(g) * u rounded to T.
 //
+// Epilogue (EPILOGUE 1, decode qkv only; HEAD_DIM = D, ROWS even, HAS_RES 0): RoPE + paged K/V
+// write of rope.cu fused into the output. w is [q | k | v] heads of D rows. Logical row n
+// (head = n / D, j = n % D) is computed from physical row head*D + (j>>1) + (j&1)*D/2, so the
+// two rows of each rotation pair (i, i + D/2) are logical rows 2i, 2i+1 of one warp (split 1)
+// or one fix-up thread (split-K; ws holds logical rows). Each pair: + bias, rounded to T (as
+// the unfused GEMV), rotated with cos/sin[positions[m], i] for q and k heads, then q -> y
+// ([M, Hq, D]), k, v -> k_cache, v_cache [NB, Hkv, BS, D] at slot_mapping[m] (slot < 0: padding,
+// not written). Extra args: positions [M], slot_mapping [M] int32, cos, sin [max_pos, D/2]
+// float32, k_cache, v_cache, Hq, Hkv, BS.
+//
 // Variants / when each wins (H100, see docs/flat_gemm_notes.md):
 //   1. split = 1: N large enough that cdiv(N, WARPS*ROWS) blocks fill the 132 SMs several times.
 //   2. split > 1 (split-K with in-kernel fix-up by the last arriving block): small N, or x slice
@@ -74,6 +84,9 @@
 #endif
 #ifndef PRO_RES
 #define PRO_RES 0
+#endif
+#ifndef EPILOGUE
+#define EPILOGUE 0
 #endif
 
 #if DTYPE_BF16
@@ -231,10 +244,71 @@ __device__ __forceinline__ void stage_silu_mul(T* xs, const T* __restrict__ gate
 }
 #endif
 
+#if EPILOGUE == 1
+#if ROWS % 2 != 0 || HAS_RES
+#error "EPILOGUE 1 needs an even ROWS and no HAS_RES"
+#endif
+#define HALF_D (HEAD_DIM / 2)
+// physical weight row of logical row n: pairs (i, i + D/2) become logical rows 2i, 2i+1
+__device__ __forceinline__ int rope_row(int n) {
+    const int j = n % HEAD_DIM;
+    return n - j + (j >> 1) + (j & 1) * HALF_D;
+}
+// logical rows n (even), n + 1 of token mm: bias, round, rotate (q, k), store (q, k/v cache)
+__device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n,
+                                           const T* __restrict__ bias, T* __restrict__ q_out,
+                                           const int* __restrict__ positions,
+                                           const int* __restrict__ slot_mapping,
+                                           const float* __restrict__ cos_table,
+                                           const float* __restrict__ sin_table,
+                                           T* __restrict__ k_cache, T* __restrict__ v_cache,
+                                           int num_q_heads, int num_kv_heads, int block_size) {
+    const int head = n / HEAD_DIM, i = (n % HEAD_DIM) >> 1;
+#if HAS_BIAS
+    v0 += elem_to_float(bias[head * HEAD_DIM + i]);
+    v1 += elem_to_float(bias[head * HEAD_DIM + i + HALF_D]);
+#endif
+    v0 = elem_to_float(float_to_elem(v0));  // qkv rounded to T, as the unfused path stores it
+    v1 = elem_to_float(float_to_elem(v1));
+    T* dst;
+    bool rotate = true;
+    if (head < num_q_heads) {
+        dst = q_out + ((size_t)mm * num_q_heads + head) * HEAD_DIM;
+    } else {
+        const int slot = slot_mapping[mm];
+        if (slot < 0) return;
+        const bool is_v = head >= num_q_heads + num_kv_heads;
+        const int kvh = head - num_q_heads - (is_v ? num_kv_heads : 0);
+        const long long blk = slot / block_size, off = slot % block_size;
+        dst = (is_v ? v_cache : k_cache) + ((blk * num_kv_heads + kvh) * block_size + off) * HEAD_DIM;
+        rotate = !is_v;
+    }
+    if (rotate) {
+        const long long p = positions[mm];
+        const float c = cos_table[p * HALF_D + i], s = sin_table[p * HALF_D + i];
+        const float a = v0, b = v1;
+        v0 = a * c - b * s;
+        v1 = b * c + a * s;
+    }
+    dst[i] = float_to_elem(v0);
+    dst[i + HALF_D] = float_to_elem(v1);
+}
+#define EPILOGUE_PARAMS                                                                       \
+    , const int* __restrict__ positions, const int* __restrict__ slot_mapping,               \
+        const float* __restrict__ cos_table, const float* __restrict__ sin_table,             \
+        T* __restrict__ k_cache, T* __restrict__ v_cache, int num_q_heads, int num_kv_heads,  \
+        int block_size
+#define ROPE_ARGS \
+    bias, y, positions, slot_mapping, cos_table, sin_table, k_cache, v_cache, num_q_heads, \
+        num_kv_heads, block_size
+#else
+#define EPILOGUE_PARAMS
+#endif
+
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
             const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
-            int M, int N, int K, int k_chunk PROLOGUE_PARAMS) {
+            int M, int N, int K, int k_chunk PROLOGUE_PARAMS EPILOGUE_PARAMS) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* xs = reinterpret_cast<T*>(smem_raw);  // [MB, k_chunk]
     __shared__ unsigned s_is_last;
@@ -264,7 +338,11 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     const int n_base = (blockIdx.x * WARPS + warp) * ROWS;
     const T* wrow[ROWS];
 #pragma unroll
+#if EPILOGUE == 1
+    for (int r = 0; r < ROWS; ++r) wrow[r] = w + (size_t)rope_row(min(n_base + r, N - 1)) * K + k0;
+#else
     for (int r = 0; r < ROWS; ++r) wrow[r] = w + (size_t)min(n_base + r, N - 1) * K + k0;
+#endif
 
     float acc[ROWS][MB];
 #pragma unroll
@@ -311,6 +389,17 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         }
 
     if (split == 1) {
+#if EPILOGUE == 1
+#pragma unroll
+        for (int pr = 0; pr < ROWS / 2; ++pr)
+#pragma unroll
+            for (int m = 0; m < MB; ++m) {
+                const int n = n_base + 2 * pr;
+                if (((pr * MB + m) & 31) == lane && n < N && m < mb)
+                    rope_store(acc[2 * pr][m], acc[2 * pr + 1][m], m0 + m, n, ROPE_ARGS);
+            }
+        return;
+#endif
 #pragma unroll
         for (int r = 0; r < ROWS; ++r)
 #pragma unroll
@@ -341,6 +430,20 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     if (!s_is_last) return;
     __threadfence();
     const int n_tile = blockIdx.x * WARPS * ROWS;
+#if EPILOGUE == 1
+    constexpr int PAIRS = WARPS * ROWS / 2;
+    for (int i = tid; i < PAIRS * mb; i += WARPS * 32) {
+        const int m = i / PAIRS, n = n_tile + 2 * (i - m * PAIRS);
+        if (n >= N) continue;
+        const int mm = m0 + m;
+        float v0 = 0.f, v1 = 0.f;
+        for (int t = 0; t < split; ++t) {
+            v0 += __ldcg(ws + ((size_t)t * M + mm) * N + n);
+            v1 += __ldcg(ws + ((size_t)t * M + mm) * N + n + 1);
+        }
+        rope_store(v0, v1, mm, n, ROPE_ARGS);
+    }
+#else
     for (int i = tid; i < WARPS * ROWS * mb; i += WARPS * 32) {
         const int m = i / (WARPS * ROWS), n = n_tile + i - m * (WARPS * ROWS);
         if (n >= N) continue;
@@ -349,5 +452,6 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         for (int t = 0; t < split; ++t) v += __ldcg(ws + ((size_t)t * M + mm) * N + n);
         y[(size_t)mm * N + n] = float_to_elem(epilogue(v, bias, res, mm, n, N));
     }
+#endif
     if (tid == 0) counters[tile] = 0u;
 }

@@ -97,6 +97,7 @@ class Backend:
         """Rotary embedding (HF "rotate_half" layout: pairs (i, i + D/2)) on q and k, then
         K and V written to the paged cache at meta.slot_mapping.
         qkv [T, (Hq + 2*Hkv) * D] = [q | k | v]; cos, sin [max_pos, D/2] float32.
+        A negative slot marks a padding row whose K/V is not written.
         For each head vector x and position p, with c = cos[p, i], s = sin[p, i], i < D/2:
             x'[i] = x[i]*c - x[i+D/2]*s ;  x'[i+D/2] = x[i+D/2]*c + x[i]*s
         Returns the rotated q as [T, Hq, D] (may alias qkv)."""
@@ -122,6 +123,16 @@ class Backend:
             return self.linear(self.rmsnorm(x, norm_w, eps), w, bias), x
         h, r = self.rmsnorm(x, norm_w, eps, residual)
         return self.linear(h, w, bias), r
+
+    def norm_linear_rope(self, x: Array, residual: Array | None, norm_w: Array, eps: float,
+                         w_qkv: Array, bias: Array | None, meta: StepMeta, cos: Array,
+                         sin: Array, k_cache: Array, v_cache: Array, Hq: int, Hkv: int, D: int):
+        """The attention input of a layer: qkv, r = norm_linear(x, residual, norm_w, eps, w_qkv,
+        bias), then q = rope_kv_write(qkv, meta, cos, sin, k_cache, v_cache, Hq, Hkv, D).
+        Returns (q [T, Hq, D], r [T, K]). Default: those two ops; a backend may run it as one
+        kernel at decode sizes."""
+        qkv, r = self.norm_linear(x, residual, norm_w, eps, w_qkv, bias)
+        return self.rope_kv_write(qkv, meta, cos, sin, k_cache, v_cache, Hq, Hkv, D), r
 
     def silu_mul_linear(self, gate_up: Array, w: Array, bias: Array | None = None) -> Array:
         """(silu(gate) * up) @ w.T (+ bias);  gate_up [T, 2I] = [gate | up], w [N, I] -> [T, N].

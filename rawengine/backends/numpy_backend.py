@@ -68,10 +68,12 @@ class NumpyBackend(Backend):
         s = sin[meta.positions][:, None, :]
         q, k = _rotate(q, c, s), _rotate(k, c, s)
         block_size = k_cache.shape[2]
-        blk, off = meta.slot_mapping // block_size, meta.slot_mapping % block_size
+        slots = np.asarray(meta.slot_mapping)
+        live = slots >= 0  # a negative slot marks a padding row: nothing is written
+        blk, off = slots[live] // block_size, slots[live] % block_size
         # advanced indices around a slice: the indexed result is [T, Hkv, D]
-        k_cache[blk, :, off, :] = k
-        v_cache[blk, :, off, :] = v
+        k_cache[blk, :, off, :] = k[live]
+        v_cache[blk, :, off, :] = v[live]
         return q
 
     def attention(self, q, k_cache, v_cache, meta: StepMeta, scale):

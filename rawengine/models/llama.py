@@ -50,9 +50,10 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple]:
 
 
 class LlamaModel:
-    """forward: embedding -> [(+residual) rmsnorm+qkv -> rope+kv_write -> attention -> o_proj
+    """forward: embedding -> [(+residual) rmsnorm+qkv+rope+kv_write -> attention -> o_proj
     -> (+residual) rmsnorm+gate_up -> silu_mul+down] x L -> rmsnorm -> lm_head.
-    norm_linear / silu_mul_linear are one kernel each on the CUDA backend at decode sizes."""
+    norm_linear_rope / norm_linear / silu_mul_linear are one kernel each on the CUDA backend
+    at decode sizes."""
 
     def __init__(self, cfg: ModelConfig, backend: Backend, weights: dict, max_positions: int):
         self.cfg, self.b = cfg, backend
@@ -70,10 +71,11 @@ class LlamaModel:
         residual = None
         for w, (k_cache, v_cache) in zip(self.layers, kv_caches):
             # layer 0: residual None, so the residual stream starts as the embedding
-            qkv, residual = b.norm_linear(x, residual, w["input_norm"], c.rms_norm_eps,
-                                          w["qkv"], w.get("qkv_bias"))
-            q = b.rope_kv_write(qkv, meta, self.cos, self.sin, k_cache, v_cache,
-                                c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+            # rmsnorm + qkv + rope + kv_write (one kernel at decode on the CUDA backend)
+            q, residual = b.norm_linear_rope(x, residual, w["input_norm"], c.rms_norm_eps,
+                                             w["qkv"], w.get("qkv_bias"), meta, self.cos,
+                                             self.sin, k_cache, v_cache, c.num_attention_heads,
+                                             c.num_key_value_heads, c.head_dim)
             attn = b.attention(q, k_cache, v_cache, meta, self.scale)
             x = b.linear(attn, w["o"])
             gate_up, residual = b.norm_linear(x, residual, w["post_norm"], c.rms_norm_eps,

@@ -188,6 +188,20 @@ class CudaBackend(Backend):
         out = gemm.norm_linear(x, residual, norm_w, eps, w, bias)
         return out if out is not None else super().norm_linear(x, residual, norm_w, eps, w, bias)
 
+    def norm_linear_rope(self, x, residual, norm_w, eps, w_qkv, bias, meta: StepMeta, cos, sin,
+                         k_cache, v_cache, Hq, Hkv, D):
+        """Decode: one GEMV launch with RoPE + K/V write in its epilogue
+        (gemm.norm_linear_rope); else norm_linear + rope_kv_write."""
+        from . import gemm
+
+        if meta.is_decode:
+            out = gemm.norm_linear_rope(x, residual, norm_w, eps, w_qkv, bias, meta.positions,
+                                        meta.slot_mapping, cos, sin, k_cache, v_cache, Hq, Hkv, D)
+            if out is not None:
+                return out
+        return super().norm_linear_rope(x, residual, norm_w, eps, w_qkv, bias, meta, cos, sin,
+                                        k_cache, v_cache, Hq, Hkv, D)
+
     def silu_mul_linear(self, gate_up, w, bias=None):
         """One GEMV launch for decode M (gemm.silu_mul_linear), else silu_mul + linear."""
         from . import gemm

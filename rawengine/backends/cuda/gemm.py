@@ -197,25 +197,70 @@ def norm_linear(x, residual, norm_w, eps: float, w, bias=None, *, out=None, r_ou
         return None
     M, K = x.shape
     N = w.shape[0]
+    params = _fused_params(M, N, K) if params is None or M > FUSED_MAX_M else params
+    if params is None:
+        return None
+    return _norm_linear(x, residual, norm_w, eps, w, bias, (M, N), out, r_out, params, {}, ())
+
+
+def _norm_linear(x, residual, norm_w, eps, w, bias, y_shape, out, r_out, params, epilogue: dict,
+                 epilogue_args: tuple):
+    """The PROLOGUE 1 launch of norm_linear with an optional epilogue; None on bad inputs."""
+    M, K = x.shape
     arrays = [x, w, norm_w] + [a for a in (residual, bias) if a is not None]
     if (w.shape[1] != K or norm_w.shape[0] != K or not _is_lowp(*arrays)
             or (residual is not None and residual.shape != x.shape)
-            or (bias is not None and bias.shape != (N,))):
-        return None
-    params = _fused_params(M, N, K) if params is None or M > FUSED_MAX_M else params
-    if params is None:
+            or (bias is not None and bias.shape != (w.shape[0],))):
         return None
     x, w, norm_w = (cp.ascontiguousarray(a) for a in (x, w, norm_w))
     res = cp.ascontiguousarray(residual) if residual is not None else None
     b = cp.ascontiguousarray(bias) if bias is not None else None
-    y = _dest(out, (M, N), x.dtype)
+    y = _dest(out, y_shape, x.dtype)
     r = _dest(r_out, x.shape, x.dtype) if res is not None else x
     is_vec = _vec_ok(K, x, w, norm_w, res, None if res is None else r)
     # without residual, pro_res and r_out are never touched: any pointer will do
     args = (res if res is not None else x, norm_w, r if res is not None else y, cp.float32(eps))
-    _gemv_launch(x, w, y, b, None, M, K, is_vec, dict(PROLOGUE=1, PRO_RES=int(res is not None)),
-                 args, **params)
+    _gemv_launch(x, w, y, b, None, M, K, is_vec,
+                 dict(PROLOGUE=1, PRO_RES=int(res is not None), **epilogue), args + epilogue_args,
+                 **params)
     return y, r
+
+
+def norm_linear_rope(x, residual, norm_w, eps: float, w, bias, positions, slot_mapping, cos, sin,
+                     k_cache, v_cache, num_q_heads: int, num_kv_heads: int, head_dim: int, *,
+                     out=None, r_out=None, params: dict | None = None):
+    """norm_linear for the decode qkv product with RoPE and the paged K/V write (rope.cu's
+    rope_kv_write) fused into the GEMV's output (gemv.cu EPILOGUE 1), one launch:
+        r, qkv = norm_linear(x, residual, norm_w, eps, w, bias)   (qkv rounded to x's dtype)
+        q = rope(qkv[:, :Hq*D]) -> [M, Hq, D];  rope(k), v -> k_cache, v_cache at slot_mapping
+    w [(Hq + 2*Hkv) * D, K] = [q | k | v]; positions, slot_mapping [M] int32 (slot < 0: not
+    written); cos, sin [max_pos, D/2] float32; k_cache, v_cache [NB, Hkv, BS, D] contiguous.
+    Returns (q, r), or None where the fused path does not apply (as norm_linear): the caller
+    runs norm_linear + rope_kv_write. out [M, Hq, D], r_out, params: as norm_linear (an odd
+    rows is raised by one: the rows of a rotation pair share a warp)."""
+    D = head_dim
+    if (x.ndim != 2 or w.ndim != 2 or norm_w.ndim != 1 or k_cache.ndim != 4 or cos.ndim != 2 or D % 2
+            or w.shape[0] != (num_q_heads + 2 * num_kv_heads) * D
+            or k_cache.shape != v_cache.shape or k_cache.shape[1] != num_kv_heads
+            or k_cache.shape[3] != D or not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous)
+            or k_cache.dtype != x.dtype or v_cache.dtype != x.dtype
+            or cos.dtype != cp.float32 or sin.dtype != cp.float32 or sin.shape != cos.shape
+            or cos.shape[1] != D // 2 or positions.shape != (x.shape[0],)
+            or slot_mapping.shape != (x.shape[0],)
+            or positions.dtype != cp.int32 or slot_mapping.dtype != cp.int32):
+        return None
+    M = x.shape[0]
+    params = _fused_params(M, w.shape[0], x.shape[1]) if params is None or M > FUSED_MAX_M else params
+    if params is None:
+        return None
+    params = dict(params)
+    rows = params.get("rows", 2)
+    params["rows"] = rows + rows % 2
+    rope = dict(EPILOGUE=1, HEAD_DIM=D)
+    rope_args = tuple(cp.ascontiguousarray(a) for a in (positions, slot_mapping, cos, sin)) + (
+        k_cache, v_cache, cp.int32(num_q_heads), cp.int32(num_kv_heads), cp.int32(k_cache.shape[2]))
+    return _norm_linear(x, residual, norm_w, eps, w, bias, (M, num_q_heads, D), out, r_out,
+                        params, rope, rope_args)
 
 
 def silu_mul_linear(gate_up, w, bias=None, *, out=None, params: dict | None = None):
