@@ -8,6 +8,7 @@ Exits 0 with "skipped: no nvcc" where nvcc is absent. Compiles in parallel (one 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -51,6 +52,38 @@ VARIANTS += [
     ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 8, "IS_ASYNC": 1, "PREFETCH": 0,
                              **_DECODE_BIG}),
 ]
+
+
+
+def gemv_variants() -> list[tuple[str, dict]]:
+    """GEMV as decode launches it: every gemv config of the shipped dispatch table at each M it
+    serves (MB = M <= 8), and the fused variants (rawengine/backends/cuda/gemm.py): the qkv
+    RMSNorm prologue + RoPE/KV epilogue at M 1..8, the RMSNorm and SiLU-mul prologues at M 1..4
+    (the fusion rule admits gate_up/down only there for the shipped shapes; prologue-only MB 7/8
+    builds spill 4-12 B at the 80-register cap and are never launched)."""
+    table = json.loads((ROOT / "rawengine" / "tuning" / "NVIDIA_H100_80GB_HBM3.json").read_text())
+    cfgs = set()
+    for entries in table["shapes"].values():
+        lo = 1
+        for e in entries:
+            if e["impl"] == "gemv":
+                p = e["params"]
+                for m in range(lo, min(e["m_max"], 8) + 1):
+                    cfgs.add((m, p.get("rows", 2), p.get("warps", 4), p.get("unroll", 4)))
+            lo = e["m_max"] + 1
+    out = [("gemv.cu", {"MB": m, "ROWS": r, "WARPS": w, "UNROLL": u, "VEC": 8})
+           for m, r, w, u in sorted(cfgs)]
+    small = {"ROWS": 2, "WARPS": 8, "UNROLL": 4, "VEC": 8}
+    for m in range(1, 9):
+        out.append(("gemv.cu", {"MB": m, **small, "PROLOGUE": 1, "PRO_RES": 1, "EPILOGUE": 1,
+                                "HEAD_DIM": 64 if m % 2 else 128}))
+    for m in range(1, 5):
+        out.append(("gemv.cu", {"MB": m, **small, "PROLOGUE": 1, "PRO_RES": 1}))
+        out.append(("gemv.cu", {"MB": m, **small, "PROLOGUE": 2, **BF16}))
+    return out
+
+
+VARIANTS += gemv_variants()
 
 _FUNC = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)'")
 _SPILL = re.compile(r"(\d+) bytes spill stores")
