@@ -93,7 +93,7 @@ def results(engine, args, st) -> dict:
                 if b.name == "numpy" else getattr(b, "dtype_name", "?"),
                 device=b.device_name() if hasattr(b, "device_name") else "cpu",
                 batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                graphs=engine.graphs is not None, ttft_ms=st.first_token_s * 1e3,
+                graphs=engine.graphs is not None, ttft_ms=st.prefill_s * 1e3,
                 prefill_tok_s=st.prompt_tokens / st.prefill_s if st.prefill_s else 0.0,
                 decode_tok_s_per_seq=per_seq, decode_tok_s_total=per_seq * args.batch,
                 gb_per_s=gbps, copy_gb_per_s=copy_bw,

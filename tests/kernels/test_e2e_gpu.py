@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-cp = pytest.importorskip("cupy")
-try:
-    HAS_GPU = cp.cuda.runtime.getDeviceCount() > 0
-except Exception:
-    HAS_GPU = False
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")]
+from kutil import has_gpu  # noqa: E402
+
+if not has_gpu():
+    pytest.skip("needs CuPy and a CUDA device", allow_module_level=True)
+
+pytestmark = pytest.mark.gpu
 
 from rawengine.engine import Engine, Sequence  # noqa: E402
 from rawengine.sampling import SamplingParams  # noqa: E402

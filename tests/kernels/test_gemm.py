@@ -12,12 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-cp = pytest.importorskip("cupy")
-try:
-    if cp.cuda.runtime.getDeviceCount() < 1:
-        pytest.skip("no CUDA device", allow_module_level=True)
-except Exception:  # noqa: BLE001
-    pytest.skip("no CUDA device", allow_module_level=True)
+from kutil import has_gpu  # noqa: E402
+
+if not has_gpu():
+    pytest.skip("needs CuPy and a CUDA device", allow_module_level=True)
+import cupy as cp  # noqa: E402
 
 from rawengine.backends.cuda import gemm  # noqa: E402
 
