@@ -29,6 +29,8 @@ __device__ __forceinline__ void store_v(dtype_t* p, const float* f) {
 extern "C" __global__ void silu_mul_kernel(const dtype_t* __restrict__ gate_up,
                                            dtype_t* __restrict__ out, int num_tokens,
                                            int inter) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     const long long v = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const int vecs_per_row = inter / VEC;
     if (v >= (long long)num_tokens * vecs_per_row) return;
@@ -44,6 +46,8 @@ extern "C" __global__ void silu_mul_kernel(const dtype_t* __restrict__ gate_up,
 
 extern "C" __global__ void add_kernel(const dtype_t* x, const dtype_t* y, dtype_t* out,
                                       long long n) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     const long long v = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (v >= n / VEC) return;
     float a[VEC], b[VEC];

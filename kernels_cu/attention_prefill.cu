@@ -123,6 +123,8 @@ attention_prefill_kernel(const dtype_t* __restrict__ q, const dtype_t* __restric
                          const int* __restrict__ query_start, const int* __restrict__ seq_lens,
                          dtype_t* __restrict__ out, float scale, int num_q_heads,
                          int num_kv_heads, int block_size, int max_blocks) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     __shared__ __align__(16) float q_s[ROWS_PER_BLOCK][HEAD_DIM];
     __shared__ __align__(16) dtype_t k_s[TILE_K * K_STRIDE];
     __shared__ __align__(16) dtype_t v_s[TILE_K * HEAD_DIM];

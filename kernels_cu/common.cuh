@@ -15,6 +15,7 @@
 //   block_sum / block_max(v, scratch)      whole-block reductions; scratch: __shared__ float[32];
 //                                          every thread gets the result; blockDim.x % 32 == 0
 //   NEG_INF, cdiv
+//   RE_PDL_WAIT() / RE_PDL_TRIGGER()       programmatic dependent launch (below)
 // Portability: CUDA-only intrinsics sit behind the RE_* macros so a HIP build only edits this file.
 #pragma once
 
@@ -47,6 +48,30 @@ typedef __hip_bfloat16 __nv_bfloat16;
 typedef DTYPE dtype_t;
 
 #define NEG_INF (__int_as_float(0xff800000))
+
+// ---- programmatic dependent launch (sm_90+) -------------------------------------------------
+// Inside a CUDA graph the launcher (module.py) lets each kernel start while the kernel before it
+// is still finishing, hiding ~0.3 us of launch latency per kernel plus the next kernel's weight
+// ramp-up. The contract every kernel in kernels_cu/ keeps (tests/test_kernels_compile.py checks
+// that each one calls RE_PDL_WAIT):
+//   RE_PDL_WAIT()    blocks until the previous kernel in the stream has completed and its writes
+//                    are visible. Before it a kernel may only read memory no kernel writes during
+//                    the step (weights) and must not write anything. Because every kernel waits,
+//                    completion stays ordered along the whole chain.
+//   RE_PDL_TRIGGER() lets the next kernel launch now; its blocks fill free SM slots and sit in
+//                    their own RE_PDL_WAIT until this kernel has finished.
+// Both are no-ops on older GPUs, on HIP, and when the kernel was launched without the attribute.
+// RE_PDL_EARLY is 1 where it exists: kernels that hoist weight loads above the wait for it can
+// skip the hoist (and its register pressure) elsewhere.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIP_PLATFORM_AMD__)
+#define RE_PDL_EARLY 1
+#define RE_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define RE_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define RE_PDL_EARLY 0
+#define RE_PDL_WAIT() do { } while (0)
+#define RE_PDL_TRIGGER() do { } while (0)
+#endif
 
 __device__ __forceinline__ int cdiv(int a, int b) { return (a + b - 1) / b; }
 

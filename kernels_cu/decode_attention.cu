@@ -351,6 +351,8 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
                         int* __restrict__ counters, int* __restrict__ fallback_count,
                         int num_q_heads, int num_kv_heads, int max_blocks, int log2_bs,
                         float scale_log2, float phi, float lo, float hi, int min_chunk) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     const int split = blockIdx.x, num_splits = gridDim.x, hblk = blockIdx.y, b = blockIdx.z;
     const int head0 = hblk * GROUP;  // first query head of this block
     const int kv_head = head0 / (num_q_heads / num_kv_heads);

@@ -17,6 +17,8 @@
 extern "C" __global__ void embedding_kernel(const int* __restrict__ ids,
                                             const dtype_t* __restrict__ table,
                                             dtype_t* __restrict__ out, int hidden) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     const long long t = blockIdx.x;
     const long long row = ids[t];
 #if VEC == 8

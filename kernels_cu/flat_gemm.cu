@@ -208,22 +208,26 @@ flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __re
     const int k_end = min(K, k_begin + k_chunk);
     const int num_tiles = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 
-    auto load_tile = [&](int kt, int stage) {
+    auto load_w = [&](int kt, int stage) {
         T* ws_ = ring + stage * (BN + BM) * BK;
-        T* xs_ = ws_ + BN * BK;
         const int kb = k_begin + kt * BK;
 #pragma unroll
-        for (int c = tid; c < (BN + BM) * CHUNKS; c += NT) {
+        for (int c = tid; c < BN * CHUNKS; c += NT) {
             const int row = c / CHUNKS, ch = c % CHUNKS;
             const int k = kb + ch * 8;
-            if (row < BN) {
-                const bool ok = n0 + row < N && k < k_end;
-                cp_async16(ws_ + swz(row, ch), ok ? w + (size_t)(n0 + row) * K + k : w, ok);
-            } else {
-                const int r = row - BN;
-                const bool ok = m0 + r < M && k < k_end;
-                cp_async16(xs_ + swz(r, ch), ok ? x + (size_t)(m0 + r) * K + k : x, ok);
-            }
+            const bool ok = n0 + row < N && k < k_end;
+            cp_async16(ws_ + swz(row, ch), ok ? w + (size_t)(n0 + row) * K + k : w, ok);
+        }
+    };
+    auto load_x = [&](int kt, int stage) {
+        T* xs_ = ring + stage * (BN + BM) * BK + BN * BK;
+        const int kb = k_begin + kt * BK;
+#pragma unroll
+        for (int c = tid; c < BM * CHUNKS; c += NT) {
+            const int r = c / CHUNKS, ch = c % CHUNKS;
+            const int k = kb + ch * 8;
+            const bool ok = m0 + r < M && k < k_end;
+            cp_async16(xs_ + swz(r, ch), ok ? x + (size_t)(m0 + r) * K + k : x, ok);
         }
     };
 
@@ -235,9 +239,17 @@ flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __re
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
+    // w is constant during a step: the first stages' weight tiles are requested before
+    // RE_PDL_WAIT (overlapping the previous kernel's tail under programmatic launch); they join
+    // cp.async group 0, so the group accounting below is unchanged.
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st)
+        if (st < num_tiles) load_w(st, st);
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < num_tiles) load_tile(st, st);
+        if (st < num_tiles) load_x(st, st);
         cp_async_commit();
     }
 
@@ -245,7 +257,10 @@ flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __re
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // tile kt landed for everyone; stage (kt-1) % STAGES is free again
         const int nxt = kt + STAGES - 1;
-        if (nxt < num_tiles) load_tile(nxt, nxt % STAGES);
+        if (nxt < num_tiles) {
+            load_w(nxt, nxt % STAGES);
+            load_x(nxt, nxt % STAGES);
+        }
         cp_async_commit();
 
         const T* ws_ = ring + (kt % STAGES) * (BN + BM) * BK;
@@ -329,8 +344,8 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-    for (int kb = k_begin + wk * 32 * UNROLL; kb < k_end; kb += WARPS_K * 32 * UNROLL) {
-        uint4 alo[UNROLL][FN], ahi[UNROLL][FN], b[UNROLL][FM];
+    uint4 alo[UNROLL][FN], ahi[UNROLL][FN];
+    auto load_a = [&](int kb) {
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             const int k = kb + 32 * u;
@@ -340,6 +355,20 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
                 alo[u][fn] = ok ? ldg_stream16(wlo[fn] + k) : zero;
                 ahi[u][fn] = ok ? ldg_stream16(whi[fn] + k) : zero;
             }
+        }
+    };
+    // w is constant during a step: the first weight loads go out before RE_PDL_WAIT
+    const int kb0 = k_begin + wk * 32 * UNROLL;
+    load_a(kb0);
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
+    for (int kb = kb0; kb < k_end; kb += WARPS_K * 32 * UNROLL) {
+        if (kb != kb0) load_a(kb);
+        uint4 b[UNROLL][FM];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int k = kb + 32 * u;
+            const bool ok = k + 8 * t < k_end;
 #pragma unroll
             for (int fm = 0; fm < FM; ++fm)
                 b[u][fm] = ok && x_ok[fm] ? __ldg(reinterpret_cast<const uint4*>(xr[fm] + k)) : zero;

@@ -52,8 +52,7 @@
 //      too large for shared memory (MB * K * 2 bytes > 48 KB).
 //   M <= 2 (M <= 4 on some shapes) is where this kernel beats the tensor-core flat GEMM; above
 //   that the FP32 FMAs (M per weight element) become the bottleneck.
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "common.cuh"
 
 #ifndef DTYPE_BF16
 #define DTYPE_BF16 0
@@ -320,6 +319,29 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     const int k0 = s * k_chunk;
     const int kc = max(0, min(K, k0 + k_chunk) - k0);
 
+    const int n_base = (blockIdx.x * WARPS + warp) * ROWS;
+    const T* wrow[ROWS];
+#pragma unroll
+#if EPILOGUE == 1
+    for (int r = 0; r < ROWS; ++r) wrow[r] = w + (size_t)rope_row(min(n_base + r, N - 1)) * K + k0;
+#else
+    for (int r = 0; r < ROWS; ++r) wrow[r] = w + (size_t)min(n_base + r, N - 1) * K + k0;
+#endif
+    // w is constant during a step, so the first UNROLL x ROWS weight loads go out before
+    // RE_PDL_WAIT: under programmatic launch they overlap the previous kernel's tail.
+    Raw wv[UNROLL][ROWS];
+    const int kk0 = lane * VEC;
+#if RE_PDL_EARLY
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+        const int k = kk0 + u * 32 * VEC;
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) wv[u][r] = k < kc ? load_stream(wrow[r] + k) : zero_raw();
+    }
+#endif
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
+
 #if PROLOGUE == 1
     stage_add_rmsnorm(xs, x, pro_res, norm_w, r_out, eps, m0, mb, K, k0, kc, k_chunk);
 #elif PROLOGUE == 2
@@ -335,28 +357,21 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
 #endif
     __syncthreads();
 
-    const int n_base = (blockIdx.x * WARPS + warp) * ROWS;
-    const T* wrow[ROWS];
-#pragma unroll
-#if EPILOGUE == 1
-    for (int r = 0; r < ROWS; ++r) wrow[r] = w + (size_t)rope_row(min(n_base + r, N - 1)) * K + k0;
-#else
-    for (int r = 0; r < ROWS; ++r) wrow[r] = w + (size_t)min(n_base + r, N - 1) * K + k0;
-#endif
-
     float acc[ROWS][MB];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
 #pragma unroll
         for (int m = 0; m < MB; ++m) acc[r][m] = 0.f;
 
-    for (int kk = lane * VEC; kk < kc; kk += 32 * VEC * UNROLL) {
-        Raw wv[UNROLL][ROWS];
+    for (int kk = kk0; kk < kc; kk += 32 * VEC * UNROLL) {
+        if (!RE_PDL_EARLY || kk != kk0) {  // the first loads were issued before RE_PDL_WAIT
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const int k = kk + u * 32 * VEC;
+            for (int u = 0; u < UNROLL; ++u) {
+                const int k = kk + u * 32 * VEC;
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) wv[u][r] = k < kc ? load_stream(wrow[r] + k) : zero_raw();
+                for (int r = 0; r < ROWS; ++r)
+                    wv[u][r] = k < kc ? load_stream(wrow[r] + k) : zero_raw();
+            }
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {

@@ -39,6 +39,8 @@ extern "C" __global__ void rmsnorm_kernel(const dtype_t* __restrict__ x,
                                           const dtype_t* __restrict__ w,
                                           dtype_t* __restrict__ y,
                                           dtype_t* __restrict__ r_out, int hidden, float eps) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     __shared__ float scratch[32];
     const long long base = (long long)blockIdx.x * hidden;
     const int num_vec = hidden / VEC;

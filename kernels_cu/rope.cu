@@ -46,6 +46,8 @@ extern "C" __global__ void rope_kv_write_kernel(
     const float* __restrict__ sin_table, dtype_t* __restrict__ q_out,
     dtype_t* __restrict__ k_cache, dtype_t* __restrict__ v_cache, int num_q_heads,
     int num_kv_heads, int block_size) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     const int t = blockIdx.x;
     const int item = blockIdx.y * blockDim.x + threadIdx.x;
     const int num_heads = num_q_heads + 2 * num_kv_heads;

@@ -70,6 +70,8 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* s
 extern "C" __global__ void argmax_partial_kernel(const logit_t* __restrict__ logits, int vocab,
                                                  int chunk, float* __restrict__ part_val,
                                                  int* __restrict__ part_idx) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     __shared__ float sv[32];
     __shared__ int si[32];
     const int b = blockIdx.y, c = blockIdx.x;
@@ -88,6 +90,8 @@ extern "C" __global__ void argmax_partial_kernel(const logit_t* __restrict__ log
 extern "C" __global__ void argmax_reduce_kernel(const float* __restrict__ part_val,
                                                 const int* __restrict__ part_idx, int num_chunks,
                                                 int* __restrict__ out) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     __shared__ float sv[32];
     __shared__ int si[32];
     const int b = blockIdx.x;
@@ -290,6 +294,8 @@ sample_kernel(const logit_t* __restrict__ logits, int vocab, const unsigned char
               const float* __restrict__ rep_penalty, int has_seen,
               const unsigned long long* __restrict__ seeds,
               const int* __restrict__ steps, int* __restrict__ out) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     __shared__ SampleSmem sm;
     const int b = blockIdx.x;
     Row r;

@@ -10,6 +10,9 @@ are memoised in-process per (file, defines).
 
 kernels_cu/ is found at $RAWENGINE_KERNELS_DIR, else inside the installed package
 (rawengine/kernels_cu, shipped as package data), else at the repository root.
+
+Launches on a non-default stream (CUDA-graph capture, the decode hot path) use programmatic
+dependent launch on sm_90+ (launch.py); RAWENGINE_PDL=0 turns it off.
 """
 
 from __future__ import annotations
@@ -74,9 +77,12 @@ def module(file: str, defines: dict | None = None):
 
 @functools.lru_cache(maxsize=None)
 def _kernel(file: str, name: str, frozen_defines: tuple):
-    return _module(file, frozen_defines).get_function(name)
+    from .launch import Kernel
+
+    return Kernel(_module(file, frozen_defines).get_function(name))
 
 
 def kernel(file: str, name: str, defines: dict | None = None):
-    """A compiled cupy.RawKernel for `name` in kernels_cu/`file` built with `defines`."""
+    """A compiled kernel for `name` in kernels_cu/`file` built with `defines`; called like a
+    cupy.RawKernel: kern(grid, block, args, shared_mem=0)."""
     return _kernel(file, name, tuple(sorted((defines or {}).items())))
