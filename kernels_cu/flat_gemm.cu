@@ -45,6 +45,7 @@
 //      qkv / o / down / lm_head.
 //   2. M >= 64: cuBLAS (outside graph capture); this file's kernels are the capture fallback.
 #include "common.cuh"
+#include "mma.cuh"
 
 #ifndef DTYPE_BF16
 #define DTYPE_BF16 0
@@ -89,44 +90,8 @@
 #define CPAD 4           // fp32 pad per row of the C tile: 2 * (BN + 4) % 32 == 8, conflict-free
 
 typedef dtype_t T;  // common.cuh: bf16 with -DDTYPE_BF16=1, else half
-#if DTYPE_BF16
-#define MMA_TYPE "bf16"
-#else
-#define MMA_TYPE "f16"
-#endif
-
 // element offset of (row, 16-byte chunk ch) in a [rows, BK] swizzled tile
 __device__ __forceinline__ int swz(int row, int ch) { return row * BK + ((ch ^ (row & 7)) << 3); }
-
-__device__ __forceinline__ void cp_async16(T* dst, const T* src, bool valid) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    const int n = valid ? 16 : 0;  // 0: zero-fill the 16 bytes
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N_PENDING>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N_PENDING));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const T* p) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-__device__ __forceinline__ void ldmatrix_x2(unsigned r[2], const T* p) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(a));
-}
-__device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], const unsigned b[2]) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_TYPE "." MMA_TYPE ".f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 __device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias, const T* res,
                                           int m, int n, int N) {

@@ -35,6 +35,9 @@ VARIANTS: list[tuple[str, dict]] = [
     ("attention_prefill.cu", {"HEAD_DIM": 128, "ROWS_PER_WARP": 4, "NUM_WARPS": 4}),
     ("attention_prefill.cu", {"HEAD_DIM": 64, "ROWS_PER_WARP": 4, "NUM_WARPS": 4, **BF16}),
     ("attention_prefill.cu", {"HEAD_DIM": 8, "ROWS_PER_WARP": 4, "NUM_WARPS": 4}),
+    ("attention_prefill_mma.cu", {"HEAD_DIM": 128}),
+    ("attention_prefill_mma.cu", {"HEAD_DIM": 64, **BF16}),
+    ("attention_prefill_mma.cu", {"HEAD_DIM": 32}),
     ("sampling.cu", {}), ("sampling.cu", {"LOGITS_F32": 1, **BF16}),
 ]
 # decode attention as attention.kernel_config() launches it: groups <= 4 run 8 warps,

@@ -17,10 +17,13 @@ CASES = [  # (head_dim, Hq, Hkv, block_size, [(kv_len, query_len), ...])
     (64, 8, 2, 16, [(7, 7), (97, 1), (1025, 33), (1, 1), (4099, 7)]),  # ragged mixed, GQA 4
     (8, 8, 2, 16, [(20, 20), (5, 1)]),  # tiny head_dim (test models)
     (16, 4, 4, 16, [(33, 17)]),
+    (128, 4, 4, 16, [(130, 130), (300, 65), (64, 64)]),  # tails of the 64-row / 64-key tiles
+    (64, 9, 3, 16, [(200, 200), (77, 13), (1, 1)]),  # SmolLM2 heads, prefill + decode rows
+    (32, 4, 2, 16, [(70, 70), (9, 3)]),  # head_dim 32: fewer than 8 chunks per row
 ]
 
 
-def _run(be, d, hq, hkv, bs, seqs, decode_path):
+def _run(be, d, hq, hkv, bs, seqs, decode_path, impl="auto"):
     rng = np.random.default_rng(d * 7 + hq + bs + len(seqs))
     dt = be.dtype_name
     meta, nb = make_meta([s[0] for s in seqs], [s[1] for s in seqs], bs, rng)
@@ -37,14 +40,23 @@ def _run(be, d, hq, hkv, bs, seqs, decode_path):
     scale = d ** -0.5
     dmeta = meta_to_device(meta)
     args = (be.asarray(q), be.asarray(k), be.asarray(v), dmeta, scale)
-    out = be.attention(*args) if decode_path else be.attention_prefill(*args)
+    out = be.attention(*args) if decode_path else be.attention_prefill(*args, impl=impl)
     ref = NumpyBackend().attention(q, k, v, meta, scale)
     check(be.to_numpy(out), ref, attention_lowp(q, k, v, meta, scale, dt), floor=1e-4)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"d{c[0]}-g{c[1] // c[2]}-bs{c[3]}-{c[4][0]}")
+def _case_id(c):
+    return f"d{c[0]}-g{c[1] // c[2]}-bs{c[3]}-{c[4][0]}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_attention_prefill_kernel(be, case):
-    _run(be, *case, decode_path=False)
+    _run(be, *case, decode_path=False, impl="cuda_core")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] % 32 == 0], ids=_case_id)
+def test_attention_prefill_tensor_core_kernel(be, case):
+    _run(be, *case, decode_path=False, impl="mma")
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if all(s[1] == 1 for s in c[4])], ids=str)

@@ -244,8 +244,11 @@ class CudaBackend(Backend):
                                     variant=self.attention_variant, phi=self.softmax_phi)
         return self.attention_prefill(q, k_cache, v_cache, meta, scale)
 
-    def attention_prefill(self, q, k_cache, v_cache, meta: StepMeta, scale):
-        """The general kernel (attention_prefill.cu): any query length, any head_dim % 8 == 0."""
+    def attention_prefill(self, q, k_cache, v_cache, meta: StepMeta, scale, impl: str = "auto"):
+        """Paged causal attention for any query length. impl 'mma': tensor cores
+        (attention_prefill_mma.cu; head_dim % 32 == 0, <= 128); 'cuda_core': the general kernel
+        (attention_prefill.cu; any head_dim % 8 == 0); 'auto': mma wherever it applies and a
+        query is longer than one token."""
         _check("q", q, self.dtype, 3)
         for name, a in (("k_cache", k_cache), ("v_cache", v_cache)):
             _check(name, a, self.dtype, 4)
@@ -258,6 +261,19 @@ class CudaBackend(Backend):
         out = cp.empty((t, hq * d), self.dtype)
         b = meta.seq_lens.shape[0]
         if t == 0 or b == 0:
+            return out
+        mma_ok = d % 32 == 0 and d <= 128
+        if impl == "mma" and not mma_ok:
+            raise ValueError(f"attention: the tensor-core kernel needs head_dim % 32 == 0 and <= 128, not {d}")
+        if impl == "mma" or (impl == "auto" and mma_ok and meta.max_query_len > 1):
+            fn = self._k("attention_prefill_mma.cu", "attention_prefill_mma_kernel", HEAD_DIM=d)
+            smem = 5 * 64 * d * 2  # Q tile + two stages of K and V tiles, 64 rows each
+            if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
+                fn.max_dynamic_shared_size_bytes = smem
+            fn((cdiv(meta.max_query_len, 64), hq, b), (128,),
+               (q, k_cache, v_cache, meta.block_tables, meta.query_start, meta.seq_lens, out,
+                np.float32(scale), np.int32(hq), np.int32(hkv), np.int32(bs),
+                np.int32(meta.block_tables.shape[1])), shared_mem=smem)
             return out
         rows_per_warp, num_warps = 4, 4
         grid = (cdiv(meta.max_query_len * (hq // hkv), rows_per_warp * num_warps), hkv, b)
