@@ -3,7 +3,7 @@
     PYTHONPATH=. python tools/pdl_probe.py
 
 A chain of kernels, each reading the previous one's output, captured in one graph and
-launched through cuLaunchKernelEx (ctypes) with and without the programmatic-stream-
+launched through launch.Kernel (cuLaunchKernelEx) with and without the programmatic-stream-
 serialization attribute. Every kernel starts with `griddepcontrol.wait` (so ordering is
 kept) and then lets its dependents launch. Three chains:
   tiny   300 small kernels (SmolLM2-like: launch-latency bound)
@@ -14,8 +14,6 @@ Checks the chain's result (a wrong dependency gives a wrong count) and prints us
 """
 
 from __future__ import annotations
-
-import ctypes
 
 import numpy as np
 
@@ -64,55 +62,21 @@ extern "C" __global__ void stream(const float4* __restrict__ w, long long n4,
 }
 """
 
-CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+def launch(kern, grid, block, args, pdl):
+    """One launch on the current (side) stream, programmatic or plain (launch.py)."""
+    from rawengine.backends.cuda import launch as lc
 
-
-class LaunchAttr(ctypes.Structure):
-    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int * 16)]
-
-
-class LaunchConfig(ctypes.Structure):
-    _fields_ = [("gx", ctypes.c_uint), ("gy", ctypes.c_uint), ("gz", ctypes.c_uint),
-                ("bx", ctypes.c_uint), ("by", ctypes.c_uint), ("bz", ctypes.c_uint),
-                ("smem", ctypes.c_uint), ("stream", ctypes.c_void_p),
-                ("attrs", ctypes.POINTER(LaunchAttr)), ("num_attrs", ctypes.c_uint)]
-
-
-_cuda = ctypes.CDLL("libcuda.so.1")
-_cuda.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), ctypes.c_void_p,
-                                   ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
-_cuda.cuLaunchKernelEx.restype = ctypes.c_int
-
-
-def launch(fn, grid, block, args, stream_ptr, pdl):
-    import cupy as cp
-
-    store = []
-    for a in args:
-        if isinstance(a, cp.ndarray):
-            store.append(ctypes.c_void_p(a.data.ptr))
-        elif isinstance(a, np.int64):
-            store.append(ctypes.c_longlong(int(a)))
-        elif isinstance(a, np.int32):
-            store.append(ctypes.c_int(int(a)))
-        else:
-            raise TypeError(type(a))
-    params = (ctypes.c_void_p * len(store))(*[ctypes.addressof(s) for s in store])
-    attr = LaunchAttr()
-    attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-    attr.value[0] = 1
-    cfg = LaunchConfig(grid, 1, 1, block, 1, 1, 0, stream_ptr,
-                       ctypes.pointer(attr) if pdl else None, 1 if pdl else 0)
-    r = _cuda.cuLaunchKernelEx(ctypes.byref(cfg), fn.kernel.ptr, params, None)
-    if r != 0:
-        raise RuntimeError(f"cuLaunchKernelEx -> CUresult {r}")
+    lc.set_pdl(bool(pdl))
+    kern(grid, block, args)
 
 
 def main() -> None:
     import cupy as cp
 
+    from rawengine.backends.cuda.launch import Kernel, set_pdl
+
     mod = cp.RawModule(code=SRC, options=("-std=c++17",))
-    tiny, stream = mod.get_function("tiny"), mod.get_function("stream")
+    tiny, stream = Kernel(mod.get_function("tiny")), Kernel(mod.get_function("stream"))
     n = 128 * 128
     bufs = [cp.zeros(n, cp.float32), cp.zeros(n, cp.float32)]
     wbytes = 4096 * 4096 * 2
@@ -121,14 +85,13 @@ def main() -> None:
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
 
     def chain(kinds, pdl, early):
-        st = cp.cuda.get_current_stream().ptr
         for j, kind in enumerate(kinds):
             src, dst = bufs[j % 2], bufs[(j + 1) % 2]
             if kind == "t":
-                launch(tiny, 128, 128, (src, dst, np.int32(n)), st, pdl)
+                launch(tiny, 128, 128, (src, dst, np.int32(n)), pdl)
             else:
                 launch(stream, 4 * sms, 256, (ws[j % 3], n4, src, dst, np.int32(n),
-                                              np.int32(early)), st, pdl)
+                                              np.int32(early)), pdl)
 
     rows = []
     for name, kinds in [("tiny", "t" * 300), ("stream", "s" * 30), ("mixed", "ts" * 30)]:
@@ -160,6 +123,7 @@ def main() -> None:
             rows.append((name, pdl, early, float(np.median(times)), ok))
             print(f"{name:7s} pdl={pdl} early={early}: {np.median(times):7.2f} us/kernel  "
                   f"chain {'OK' if ok else 'WRONG ' + str(got)}", flush=True)
+    set_pdl(None)
     print("| chain | pdl | early | us/kernel | correct |")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]} |")

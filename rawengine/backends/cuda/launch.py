@@ -133,7 +133,7 @@ class Kernel:
         if stream and pdl_enabled():
             self._launch_pdl(grid, block, args, shared_mem, stream)
         else:
-            self.raw(grid, block, args, shared_mem=shared_mem)
+            self.raw(_dim3(grid), _dim3(block), tuple(args), shared_mem=shared_mem)
 
     def _launch_pdl(self, grid, block, args, shared_mem: int, stream: int) -> None:
         if self._ptr is None:
