@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
-    import cupy as cp
+    from profile_decode import step_times
 
     from rawengine.backends.cuda import gemm, launch
     from rawengine.engine import Engine, Sequence
@@ -51,34 +50,13 @@ def main() -> None:
 
     e = Engine(preset_config(a.preset), device="cuda", max_model_len=a.context + 2048,
                max_num_seqs=a.batch)
-    b = e.backend
     seqs = [Sequence(list(range(1, a.context)), SamplingParams(temperature=0)) for _ in range(a.batch)]
     for s in seqs:
         e.prefill(s)
 
     def measure():
-        e.graphs.captured.clear()
-        steps = 60
-        for i in range(steps + 5):
-            if i == 5:
-                b.synchronize()
-                t0 = time.perf_counter()
-            for s in seqs:
-                s.token_ids.append(5)
-            e.sample(e.forward(seqs, [1] * len(seqs)), seqs)
-        b.synchronize()
-        wall = (time.perf_counter() - t0) / steps * 1e6
-        (_, replay), = e.graphs.captured.values()
-        times = []
-        for _ in range(15):
-            s0, s1 = cp.cuda.Event(), cp.cuda.Event()
-            s0.record()
-            for _ in range(10):
-                replay()
-            s1.record()
-            s1.synchronize()
-            times.append(cp.cuda.get_elapsed_time(s0, s1) * 1e3 / 10)
-        return wall, float(np.median(times))
+        e.graphs.captured.clear()  # recapture under the current setting
+        return step_times(e, seqs, steps=60, warmup=5)
 
     names = a.variants.split(",")
     res = {n: [] for n in names}

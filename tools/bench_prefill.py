@@ -94,7 +94,7 @@ def main() -> None:
             rows.append(r)
             print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.0f} | "
                   f"{r[6]:.2f} | {r[7]:.2e} |", flush=True)
-            del q, kc, vc
+            q = kc = vc = None  # drop the buffers before the next size
             cp.get_default_memory_pool().free_all_blocks()
 
 

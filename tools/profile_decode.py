@@ -35,6 +35,35 @@ def graph_time_us(backend, fn, reps: int = 50, launches: int = 20) -> float:
     return float(np.median(times))
 
 
+def step_times(e, seqs, steps: int = 100, warmup: int = 10) -> tuple[float, float]:
+    """(engine wall us per unpipelined decode step, us per replay of the captured step graph).
+    Each step appends one token to every sequence; the graph is the one step() last used."""
+    import cupy as cp
+
+    b = e.backend
+    for i in range(steps + warmup):
+        if i == warmup:
+            b.synchronize()
+            t0 = time.perf_counter()
+        for s in seqs:
+            s.token_ids.append(5)
+        e.sample(e.forward(seqs, [1] * len(seqs)), seqs)
+    b.synchronize()
+    wall = (time.perf_counter() - t0) / steps * 1e6
+    bucket = next(x for x in e.graphs.buckets if x >= len(seqs))
+    _, replay = e.graphs.captured[bucket]
+    times = []
+    for _ in range(20):  # the step is already a graph: replay it back to back
+        s0, s1 = cp.cuda.Event(), cp.cuda.Event()
+        s0.record()
+        for _ in range(10):
+            replay()
+        s1.record()
+        s1.synchronize()
+        times.append(cp.cuda.get_elapsed_time(s0, s1) * 1e3 / 10)
+    return wall, float(np.median(times))
+
+
 def main() -> None:
     import cupy as cp
 
@@ -53,28 +82,7 @@ def main() -> None:
     seqs = [Sequence(list(range(1, a.context)), SamplingParams(temperature=0)) for _ in range(a.batch)]
     for s in seqs:
         e.prefill(s)
-    steps = 100
-    for i in range(steps + 10):
-        if i == 10:
-            b.synchronize()
-            t0 = time.perf_counter()
-        for s in seqs:
-            s.token_ids.append(5)
-        e.sample(e.forward(seqs, [1] * len(seqs)), seqs)
-    b.synchronize()
-    wall = (time.perf_counter() - t0) / steps * 1e6
-    bucket = e.graphs.buckets[0] if a.batch == 1 else next(x for x in e.graphs.buckets if x >= a.batch)
-    _, replay = e.graphs.captured[bucket]
-    times = []
-    for _ in range(20):  # the step is already a graph: replay it back to back
-        s0, s1 = cp.cuda.Event(), cp.cuda.Event()
-        s0.record()
-        for _ in range(10):
-            replay()
-        s1.record()
-        s1.synchronize()
-        times.append(cp.cuda.get_elapsed_time(s0, s1) * 1e3 / 10)
-    gpu = float(np.median(times))
+    wall, gpu = step_times(e, seqs)
     print(f"{a.preset} batch {a.batch} context {a.context}")
     print(f"  engine step (wall)        {wall:8.1f} us  ({1e6 / wall:.0f} tok/s per sequence)")
     print(f"  step graph replay (GPU)   {gpu:8.1f} us")
