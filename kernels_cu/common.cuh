@@ -11,6 +11,8 @@
 //   to_f32(x) / from_f32<T>(f)             scalar conversion (half, bf16, float)
 //   load8(p, f[8]) / store8(p, f[8])       16-byte vector load/store of 8 dtype_t <-> 8 floats
 //                                          (p must be 16-byte aligned)
+//   ld_stream16(p)                         16-byte read-only load that skips L1, for data read
+//                                          exactly once (weights); p 16-byte aligned
 //   warp_sum / warp_max                    butterfly reductions; every lane gets the result
 //   block_sum / block_max(v, scratch)      whole-block reductions; scratch: __shared__ float[32];
 //                                          every thread gets the result; blockDim.x % 32 == 0
@@ -104,6 +106,20 @@ __device__ __forceinline__ void store8(T* p, const float f[8]) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) e[i] = from_f32<T>(f[i]);
     *reinterpret_cast<uint4*>(p) = u;
+}
+
+// Weights are streamed once per step: the non-coherent path, no L1 allocation.
+template <typename E>
+__device__ __forceinline__ uint4 ld_stream16(const E* p) {
+#ifdef __HIP_PLATFORM_AMD__
+    return *reinterpret_cast<const uint4*>(p);
+#else
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+#endif
 }
 
 // ---- reductions ------------------------------------------------------------------------------

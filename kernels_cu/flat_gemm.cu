@@ -173,27 +173,22 @@ flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __re
     const int k_end = min(K, k_begin + k_chunk);
     const int num_tiles = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 
-    auto load_w = [&](int kt, int stage) {
-        T* ws_ = ring + stage * (BN + BM) * BK;
+    // rows [r0, r0 + ROWS_) of src ([*, K], valid below r_end) at K-tile kt -> dst [ROWS_, BK]
+    auto load_rows = [&](T* dst, const T* src, int ROWS_, int r0, int r_end, int kt) {
         const int kb = k_begin + kt * BK;
 #pragma unroll
-        for (int c = tid; c < BN * CHUNKS; c += NT) {
-            const int row = c / CHUNKS, ch = c % CHUNKS;
-            const int k = kb + ch * 8;
-            const bool ok = n0 + row < N && k < k_end;
-            cp_async16(ws_ + swz(row, ch), ok ? w + (size_t)(n0 + row) * K + k : w, ok);
-        }
-    };
-    auto load_x = [&](int kt, int stage) {
-        T* xs_ = ring + stage * (BN + BM) * BK + BN * BK;
-        const int kb = k_begin + kt * BK;
-#pragma unroll
-        for (int c = tid; c < BM * CHUNKS; c += NT) {
+        for (int c = tid; c < ROWS_ * CHUNKS; c += NT) {
             const int r = c / CHUNKS, ch = c % CHUNKS;
             const int k = kb + ch * 8;
-            const bool ok = m0 + r < M && k < k_end;
-            cp_async16(xs_ + swz(r, ch), ok ? x + (size_t)(m0 + r) * K + k : x, ok);
+            const bool ok = r0 + r < r_end && k < k_end;
+            cp_async16(dst + swz(r, ch), ok ? src + (size_t)(r0 + r) * K + k : src, ok);
         }
+    };
+    auto load_w = [&](int kt, int stage) {
+        load_rows(ring + stage * (BN + BM) * BK, w, BN, n0, N, kt);
+    };
+    auto load_x = [&](int kt, int stage) {
+        load_rows(ring + stage * (BN + BM) * BK + BN * BK, x, BM, m0, M, kt);
     };
 
     float acc[FN][FM][4];
@@ -260,14 +255,6 @@ flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __re
 #endif  // !DIRECT
 
 #if DIRECT
-__device__ __forceinline__ uint4 ldg_stream16(const T* p) {
-    uint4 r;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
-    return r;
-}
-
 extern "C" __global__ void __launch_bounds__(NT)
 flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                    const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
@@ -317,8 +304,8 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
             const bool ok = k + 8 * t < k_end;
 #pragma unroll
             for (int fn = 0; fn < FN; ++fn) {
-                alo[u][fn] = ok ? ldg_stream16(wlo[fn] + k) : zero;
-                ahi[u][fn] = ok ? ldg_stream16(whi[fn] + k) : zero;
+                alo[u][fn] = ok ? ld_stream16(wlo[fn] + k) : zero;
+                ahi[u][fn] = ok ? ld_stream16(whi[fn] + k) : zero;
             }
         }
     };

@@ -93,8 +93,6 @@ typedef __nv_bfloat16 T;
 __device__ __forceinline__ float2 word_to_float2(unsigned u) {
     return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&u));
 }
-__device__ __forceinline__ float elem_to_float(T v) { return __bfloat162float(v); }
-__device__ __forceinline__ T float_to_elem(float v) { return __float2bfloat16_rn(v); }
 __device__ __forceinline__ unsigned float2_to_word(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<unsigned*>(&h);
@@ -104,8 +102,6 @@ typedef __half T;
 __device__ __forceinline__ float2 word_to_float2(unsigned u) {
     return __half22float2(*reinterpret_cast<__half2*>(&u));
 }
-__device__ __forceinline__ float elem_to_float(T v) { return __half2float(v); }
-__device__ __forceinline__ T float_to_elem(float v) { return __float2half_rn(v); }
 __device__ __forceinline__ unsigned float2_to_word(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<unsigned*>(&h);
@@ -114,13 +110,7 @@ __device__ __forceinline__ unsigned float2_to_word(float lo, float hi) {
 
 #if VEC == 8
 typedef uint4 Raw;  // 8 elements
-__device__ __forceinline__ Raw load_stream(const T* p) {
-    Raw r;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
-    return r;
-}
+__device__ __forceinline__ Raw load_stream(const T* p) { return ld_stream16(p); }
 __device__ __forceinline__ Raw load_plain(const T* p) { return *reinterpret_cast<const Raw*>(p); }
 __device__ __forceinline__ Raw zero_raw() { return make_uint4(0u, 0u, 0u, 0u); }
 __device__ __forceinline__ void unpack(Raw r, float f[8]) {
@@ -137,18 +127,18 @@ __device__ __forceinline__ Raw pack(const float f[8]) {
 typedef T Raw;  // one element
 __device__ __forceinline__ Raw load_stream(const T* p) { return *p; }
 __device__ __forceinline__ Raw load_plain(const T* p) { return *p; }
-__device__ __forceinline__ Raw zero_raw() { return float_to_elem(0.f); }
-__device__ __forceinline__ void unpack(Raw r, float f[1]) { f[0] = elem_to_float(r); }
-__device__ __forceinline__ Raw pack(const float f[1]) { return float_to_elem(f[0]); }
+__device__ __forceinline__ Raw zero_raw() { return from_f32<T>(0.f); }
+__device__ __forceinline__ void unpack(Raw r, float f[1]) { f[0] = to_f32(r); }
+__device__ __forceinline__ Raw pack(const float f[1]) { return from_f32<T>(f[0]); }
 #endif
 
 __device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias,
                                           const T* res, int m, int n, int N) {
 #if HAS_BIAS
-    v += elem_to_float(bias[n]);
+    v += to_f32(bias[n]);
 #endif
 #if HAS_RES
-    v += elem_to_float(res[(size_t)m * N + n]);
+    v += to_f32(res[(size_t)m * N + n]);
 #endif
     return v;
 }
@@ -264,11 +254,11 @@ __device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n,
                                            int num_q_heads, int num_kv_heads, int block_size) {
     const int head = n / HEAD_DIM, i = (n % HEAD_DIM) >> 1;
 #if HAS_BIAS
-    v0 += elem_to_float(bias[head * HEAD_DIM + i]);
-    v1 += elem_to_float(bias[head * HEAD_DIM + i + HALF_D]);
+    v0 += to_f32(bias[head * HEAD_DIM + i]);
+    v1 += to_f32(bias[head * HEAD_DIM + i + HALF_D]);
 #endif
-    v0 = elem_to_float(float_to_elem(v0));  // qkv rounded to T, as the unfused path stores it
-    v1 = elem_to_float(float_to_elem(v1));
+    v0 = to_f32(from_f32<T>(v0));  // qkv rounded to T, as the unfused path stores it
+    v1 = to_f32(from_f32<T>(v1));
     T* dst;
     bool rotate = true;
     if (head < num_q_heads) {
@@ -289,8 +279,8 @@ __device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n,
         v0 = a * c - b * s;
         v1 = b * c + a * s;
     }
-    dst[i] = float_to_elem(v0);
-    dst[i + HALF_D] = float_to_elem(v1);
+    dst[i] = from_f32<T>(v0);
+    dst[i + HALF_D] = from_f32<T>(v1);
 }
 #define EPILOGUE_PARAMS                                                                       \
     , const int* __restrict__ positions, const int* __restrict__ slot_mapping,               \
@@ -422,7 +412,7 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
                 const int n = n_base + r;
                 if (((r * MB + m) & 31) == lane && n < N && m < mb) {
                     const int mm = m0 + m;
-                    y[(size_t)mm * N + n] = float_to_elem(epilogue(acc[r][m], bias, res, mm, n, N));
+                    y[(size_t)mm * N + n] = from_f32<T>(epilogue(acc[r][m], bias, res, mm, n, N));
                 }
             }
         return;
@@ -465,7 +455,7 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         const int mm = m0 + m;
         float v = 0.f;
         for (int t = 0; t < split; ++t) v += __ldcg(ws + ((size_t)t * M + mm) * N + n);
-        y[(size_t)mm * N + n] = float_to_elem(epilogue(v, bias, res, mm, n, N));
+        y[(size_t)mm * N + n] = from_f32<T>(epilogue(v, bias, res, mm, n, N));
     }
 #endif
     if (tid == 0) counters[tile] = 0u;
