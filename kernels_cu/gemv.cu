@@ -46,6 +46,13 @@
 // not written). Extra args: positions [M], slot_mapping [M] int32, cos, sin [max_pos, D/2]
 // float32, k_cache, v_cache, Hq, Hkv, BS.
 //
+// Epilogue (EPILOGUE 2, decode gate_up; ROWS even, no HAS_BIAS / HAS_RES): SiLU-and-mul of
+// activation.cu fused into the output, so the [M, 2I] gate_up never reaches memory. w is
+// [gate | up], N = 2I rows; logical row n is physical row (n & 1) * I + (n >> 1), so gate row i
+// and up row i are logical rows 2i, 2i+1 of one warp (or one fix-up thread). Each pair: g, u
+// rounded to T (as the unfused GEMV stores them), y[m, i] = silu(g) * u rounded to T, with y
+// [M, I]. No extra args.
+//
 // Variants / when each wins (H100, see docs/flat_gemm_notes.md):
 //   1. split = 1: N large enough that cdiv(N, WARPS*ROWS) blocks fill the 132 SMs several times.
 //   2. split > 1 (split-K with in-kernel fix-up by the last arriving block): small N, or x slice
@@ -290,8 +297,30 @@ __device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n,
 #define ROPE_ARGS \
     bias, y, positions, slot_mapping, cos_table, sin_table, k_cache, v_cache, num_q_heads, \
         num_kv_heads, block_size
+#elif EPILOGUE == 2
+#if ROWS % 2 != 0 || HAS_RES || HAS_BIAS
+#error "EPILOGUE 2 needs an even ROWS, no HAS_BIAS and no HAS_RES"
+#endif
+// physical weight row of logical row n: gate row i, up row i become logical rows 2i, 2i+1
+__device__ __forceinline__ int swiglu_row(int n, int N) { return (n & 1) * (N >> 1) + (n >> 1); }
+// logical rows n (even), n + 1 of token mm: y[mm, n / 2] = silu(g) * u, as activation.cu
+__device__ __forceinline__ void swiglu_store(float g, float u, int mm, int n, T* __restrict__ y,
+                                             int N) {
+    g = to_f32(from_f32<T>(g));  // gate_up rounded to T, as the unfused path stores it
+    u = to_f32(from_f32<T>(u));
+    y[(size_t)mm * (N >> 1) + (n >> 1)] = from_f32<T>(g / (1.f + __expf(-g)) * u);
+}
+#define EPILOGUE_PARAMS
 #else
 #define EPILOGUE_PARAMS
+#endif
+// Paired epilogues (1, 2): the physical row behind logical row n, and the store of a pair
+#if EPILOGUE == 1
+#define PAIR_ROW(n) rope_row(n)
+#define PAIR_STORE(v0, v1, mm, n) rope_store(v0, v1, mm, n, ROPE_ARGS)
+#elif EPILOGUE == 2
+#define PAIR_ROW(n) swiglu_row(n, N)
+#define PAIR_STORE(v0, v1, mm, n) swiglu_store(v0, v1, mm, n, y, N)
 #endif
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
@@ -312,8 +341,8 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     const int n_base = (blockIdx.x * WARPS + warp) * ROWS;
     const T* wrow[ROWS];
 #pragma unroll
-#if EPILOGUE == 1
-    for (int r = 0; r < ROWS; ++r) wrow[r] = w + (size_t)rope_row(min(n_base + r, N - 1)) * K + k0;
+#if EPILOGUE == 1 || EPILOGUE == 2
+    for (int r = 0; r < ROWS; ++r) wrow[r] = w + (size_t)PAIR_ROW(min(n_base + r, N - 1)) * K + k0;
 #else
     for (int r = 0; r < ROWS; ++r) wrow[r] = w + (size_t)min(n_base + r, N - 1) * K + k0;
 #endif
@@ -394,14 +423,14 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         }
 
     if (split == 1) {
-#if EPILOGUE == 1
+#if EPILOGUE == 1 || EPILOGUE == 2
 #pragma unroll
         for (int pr = 0; pr < ROWS / 2; ++pr)
 #pragma unroll
             for (int m = 0; m < MB; ++m) {
                 const int n = n_base + 2 * pr;
                 if (((pr * MB + m) & 31) == lane && n < N && m < mb)
-                    rope_store(acc[2 * pr][m], acc[2 * pr + 1][m], m0 + m, n, ROPE_ARGS);
+                    PAIR_STORE(acc[2 * pr][m], acc[2 * pr + 1][m], m0 + m, n);
             }
         return;
 #endif
@@ -435,7 +464,7 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     if (!s_is_last) return;
     __threadfence();
     const int n_tile = blockIdx.x * WARPS * ROWS;
-#if EPILOGUE == 1
+#if EPILOGUE == 1 || EPILOGUE == 2
     constexpr int PAIRS = WARPS * ROWS / 2;
     for (int i = tid; i < PAIRS * mb; i += WARPS * 32) {
         const int m = i / PAIRS, n = n_tile + 2 * (i - m * PAIRS);
@@ -446,7 +475,7 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
             v0 += __ldcg(ws + ((size_t)t * M + mm) * N + n);
             v1 += __ldcg(ws + ((size_t)t * M + mm) * N + n + 1);
         }
-        rope_store(v0, v1, mm, n, ROPE_ARGS);
+        PAIR_STORE(v0, v1, mm, n);
     }
 #else
     for (int i = tid; i < WARPS * ROWS * mb; i += WARPS * 32) {

@@ -6,10 +6,12 @@ kept and runs of equal choices are merged into M buckets (the inflection points)
 is written as JSON keyed by GPU name and "NxK" into $RAWENGINE_CACHE/tuning or
 ~/.cache/rawengine/tuning, where rawengine.backends.cuda.gemm reads it (never tuning online).
 
-Timing: our kernels as CUDA-graph replays, weights rotated over enough copies that L2 (50 MB
-on H100) cannot hold them; cuBLAS (not capturable in CuPy) as back-to-back eager calls
-timed with events, rotated the same way. cuBLAS entries apply outside capture only; inside
-capture the dispatcher replaces them with 'flat'.
+Timing: every implementation as CUDA-graph replays, weights rotated over enough copies that
+L2 (50 MB on H100) cannot hold them. cuBLAS is captured through ctypes
+(rawengine/backends/cuda/cublas.py), as the runtime runs it in decode graphs; where that path
+cannot load, cuBLAS is cupy.matmul (not capturable in CuPy), timed as back-to-back eager calls
+rotated the same way, and the dispatcher replaces its entries with their 'fallback' (the best
+own kernel) inside capture.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def time_graph(launch, num_copies: int, reps: int = 15) -> float:
 
 
 def time_eager(launch, num_copies: int, reps: int = 10) -> float:
-    """Median us per call of back-to-back eager calls (for cuBLAS, which CuPy cannot capture)."""
+    """Median us per call of back-to-back eager calls (for cuBLAS through cupy.matmul, which
+    CuPy cannot capture)."""
     import cupy as cp
 
     stream = cp.cuda.Stream(non_blocking=True)
@@ -165,13 +168,20 @@ def time_eager(launch, num_copies: int, reps: int = 10) -> float:
     return statistics.median(times) * 1000.0 / num_copies
 
 
+def cublas_capturable() -> bool:
+    """cuBLAS runs inside CUDA graphs here (the ctypes path loads)."""
+    from rawengine.backends.cuda import cublas
+
+    return cublas.available()
+
+
 def time_impl(p: Problem, impl: str, params: dict) -> float:
     from rawengine.backends.cuda import gemm
 
     def launch(i):
         gemm.run_impl(impl, p.x, p.ws[i], p.y, **params)
 
-    if impl == "cublas":
+    if impl == "cublas" and not cublas_capturable():
         return time_eager(launch, p.num_copies, reps=6)
     return time_graph(launch, p.num_copies, reps=8)
 
@@ -193,7 +203,8 @@ def candidates(M: int, max_m_own: int) -> list[tuple[str, dict]]:
 # --- table building --------------------------------------------------------------------------
 def pick(results: list[tuple[float, str, dict]]) -> dict:
     """Winner of one (shape, M) from [(us, impl, params)]; a cuBLAS winner carries the best
-    own kernel as 'fallback' (used inside CUDA-graph capture, where cuBLAS is refused)."""
+    own kernel as 'fallback' (used where cuBLAS cannot run: capture or bf16 when it is only
+    reachable through cupy.matmul)."""
     results = sorted(results, key=lambda r: r[0])
     us, impl, params = results[0]
     choice = {"impl": impl, "params": params}

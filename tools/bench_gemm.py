@@ -3,8 +3,10 @@
     PYTHONPATH=. PYTHONUNBUFFERED=1 python tools/bench_gemm.py [--quick] [--json out.json]
 
 Ours (gemv, flat, dispatched): CUDA-graph replays, weights rotated over >= 160 MB of copies.
-cuBLAS: cupy.matmul back-to-back eager calls (CuPy cannot capture cuBLAS), and
-torch.nn.functional.linear under torch.cuda.CUDAGraph (the ANCHORS.md baseline), same copies.
+cuBLAS from CuPy's process: column 'cublG', cublasGemmEx through ctypes
+(rawengine/backends/cuda/cublas.py) as CUDA-graph replays; where that path cannot load,
+column 'cupyE', cupy.matmul back-to-back eager calls (CuPy cannot capture cuBLAS). And torch
+F.linear under torch.cuda.CUDAGraph ('torchG', the ANCHORS.md baseline), same copies.
 GB/s counts weight bytes once; %copy is that over the d2d copy bandwidth measured here
 (read + write counted). ratio = cuBLAS-graph time / dispatched time (> 1: we are faster).
 """
@@ -94,9 +96,14 @@ def bench_shape(name, N, K, ms, rows):
         r["direct"] = t_ours("flat", d_params if dk == "direct" else {"kernel": "direct"}) \
             if M <= 64 else None
         r["smem"] = t_ours("flat", d_params if dk == "smem" else {"kernel": "smem"})
-        r["cupy"] = tune.time_eager(lambda i: cp.matmul(x, ws[i].T, out=y), num_copies)
+        if tune.cublas_capturable():
+            r["cublas"] = t_ours("cublas", {})
+        else:
+            r["cublas"] = tune.time_eager(lambda i: cp.matmul(x, ws[i].T, out=y), num_copies)
+        r["cublas_timing"] = cublas_label()
         r["torch_graph"] = torch_graph_us(x, ws)
-        r["disp"] = {"gemv": r["gemv"], "flat": r[dk] if dk else None, "cublas": r["cupy"]}[d_impl]
+        own = {"gemv": r["gemv"], "flat": r[dk] if dk else None}
+        r["disp"] = own[d_impl] if d_impl in own else r["cublas"]
         ref = (x.astype(cp.float32) @ ws[0].astype(cp.float32).T)
         gemm.linear(x, ws[0], out=y)
         r["max_err"] = float(cp.abs(y.astype(cp.float32) - ref).max())
@@ -117,12 +124,19 @@ def fmt(r, copy_gbs=None):
     if impl == "flat":
         impl += "." + r["params"].get("kernel", "direct")[:1]
     return (f"{r['shape']:11s} {r['M']:4d} {_c(r['gemv'])} {_c(r['direct'])} {_c(r['smem'])} "
-            f"{r['disp']:7.1f} {impl:7s} {r['cupy']:7.1f} {r['torch_graph']:7.1f} {gbs:6.0f} {pct} "
-            f"{r['torch_graph'] / r['disp']:5.2f} {r['cupy'] / r['disp']:5.2f}")
+            f"{r['disp']:7.1f} {impl:7s} {r['cublas']:7.1f} {r['torch_graph']:7.1f} {gbs:6.0f} "
+            f"{pct} "
+            f"{r['torch_graph'] / r['disp']:5.2f} {r['cublas'] / r['disp']:5.2f}")
 
 
-HEADER = ("shape          M    gemv  direct    smem    disp  impl       cupy  torchG   GB/s %copy "
-          "vsTG  vsCP")
+def cublas_label() -> str:
+    """'cublG': cuBLAS through ctypes, graph replays; 'cupyE': cupy.matmul, eager."""
+    return "cublG" if tune.cublas_capturable() else "cupyE"
+
+
+def header() -> str:
+    return ("shape          M    gemv  direct    smem    disp  impl    "
+            f"{cublas_label():>7s}  torchG   GB/s %copy vsTG  vsCB")
 
 
 PROBE_CONFIGS = [
@@ -163,7 +177,7 @@ def main(argv=None) -> int:
     ms = MS if not args.quick else [1, 8, 16, 64]
     copy_gbs = copy_bandwidth()
     print(f"{gemm.gpu_name()}: d2d copy {copy_gbs:.0f} GB/s (read+write)")
-    print(HEADER)
+    print(header())
     rows: list[dict] = []
     for name, N, K in shapes:
         bench_shape(name, N, K, ms, rows)
@@ -171,8 +185,9 @@ def main(argv=None) -> int:
         probe(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(copy_gbs=copy_gbs, rows=rows), indent=1))
-    print(f"\n== summary (us; ratio = cuBLAS graph / dispatched; copy {copy_gbs:.0f} GB/s)")
-    print(HEADER)
+    print(f"\n== summary (us; vsTG = torch cuBLAS graph / dispatched, vsCB = {cublas_label()} / "
+          f"dispatched; copy {copy_gbs:.0f} GB/s)")
+    print(header())
     for r in rows:
         print(fmt(r, copy_gbs))
     small = [r["torch_graph"] / r["disp"] for r in rows if r["M"] <= 16]

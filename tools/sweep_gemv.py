@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SHAPES = [(4096, 4096), (6144, 4096), (12288, 4096), (28672, 4096), (22016, 4096),
-          (4096, 14336), (4096, 11008)]
+          (4096, 14336), (4096, 11008), (32000, 4096)]
 
 
 def main() -> None:

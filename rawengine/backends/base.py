@@ -134,6 +134,14 @@ class Backend:
         qkv, r = self.norm_linear(x, residual, norm_w, eps, w_qkv, bias)
         return self.rope_kv_write(qkv, meta, cos, sin, k_cache, v_cache, Hq, Hkv, D), r
 
+    def norm_linear_silu(self, x: Array, residual: Array | None, norm_w: Array, eps: float,
+                         w: Array):
+        """The MLP input of a layer: [g | u], r = norm_linear(x, residual, norm_w, eps, w), then
+        act = silu_mul([g | u]). Returns (act [T, I], r [T, K]) for w [2I, K]. Default: those
+        two ops; a backend may run it as one kernel at decode sizes."""
+        gate_up, r = self.norm_linear(x, residual, norm_w, eps, w)
+        return self.silu_mul(gate_up), r
+
     def silu_mul_linear(self, gate_up: Array, w: Array, bias: Array | None = None) -> Array:
         """(silu(gate) * up) @ w.T (+ bias);  gate_up [T, 2I] = [gate | up], w [N, I] -> [T, N].
         Default: the unfused ops; a backend may run it as one kernel."""

@@ -51,9 +51,9 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple]:
 
 class LlamaModel:
     """forward: embedding -> [(+residual) rmsnorm+qkv+rope+kv_write -> attention -> o_proj
-    -> (+residual) rmsnorm+gate_up -> silu_mul+down] x L -> rmsnorm -> lm_head.
-    norm_linear_rope / norm_linear / silu_mul_linear are one kernel each on the CUDA backend
-    at decode sizes."""
+    -> (+residual) rmsnorm+gate_up+silu_mul -> down] x L -> rmsnorm -> lm_head.
+    norm_linear_rope / norm_linear_silu are one kernel each on the CUDA backend at small
+    decode sizes, and rmsnorm + one GEMV (RoPE / SiLU-mul in its output) at large ones."""
 
     def __init__(self, cfg: ModelConfig, backend: Backend, weights: dict, max_positions: int):
         self.cfg, self.b = cfg, backend
@@ -78,9 +78,10 @@ class LlamaModel:
                                              c.num_key_value_heads, c.head_dim)
             attn = b.attention(q, k_cache, v_cache, meta, self.scale)
             x = b.linear(attn, w["o"])
-            gate_up, residual = b.norm_linear(x, residual, w["post_norm"], c.rms_norm_eps,
-                                              w["gate_up"])
-            x = b.silu_mul_linear(gate_up, w["down"])
+            # rmsnorm + gate_up + silu_mul (one kernel at decode on the CUDA backend)
+            act, residual = b.norm_linear_silu(x, residual, w["post_norm"], c.rms_norm_eps,
+                                               w["gate_up"])
+            x = b.linear(act, w["down"])
         if meta.is_decode:  # every row is its sequence's last token: no gather needed
             h, _ = b.rmsnorm(x, self.norm, c.rms_norm_eps, residual)
         else:

@@ -199,8 +199,31 @@ class CudaBackend(Backend):
                                         meta.slot_mapping, cos, sin, k_cache, v_cache, Hq, Hkv, D)
             if out is not None:
                 return out
+            # too big for the norm prologue: rmsnorm, then RoPE + K/V write in the GEMV output
+            h, r = (self.rmsnorm(x, norm_w, eps), x) if residual is None else \
+                self.rmsnorm(x, norm_w, eps, residual)
+            q = gemm.linear_rope(h, w_qkv, bias, meta.positions, meta.slot_mapping, cos, sin,
+                                 k_cache, v_cache, Hq, Hkv, D)
+            if q is None:
+                q = self.rope_kv_write(self.linear(h, w_qkv, bias), meta, cos, sin, k_cache,
+                                       v_cache, Hq, Hkv, D)
+            return q, r
         return super().norm_linear_rope(x, residual, norm_w, eps, w_qkv, bias, meta, cos, sin,
                                         k_cache, v_cache, Hq, Hkv, D)
+
+    def norm_linear_silu(self, x, residual, norm_w, eps, w):
+        """Decode: one GEMV launch with add+RMSNorm in its x staging (small products) and
+        SiLU-mul in its output (gemm.norm_linear_silu); else norm + one GEMV with SiLU-mul in
+        its output (gemm.linear_silu); else norm_linear + silu_mul."""
+        from . import gemm
+
+        out = gemm.norm_linear_silu(x, residual, norm_w, eps, w)
+        if out is not None:
+            return out
+        h, r = (self.rmsnorm(x, norm_w, eps), x) if residual is None else \
+            self.rmsnorm(x, norm_w, eps, residual)
+        act = gemm.linear_silu(h, w)
+        return (act if act is not None else self.silu_mul(self.linear(h, w))), r
 
     def silu_mul_linear(self, gate_up, w, bias=None):
         """One GEMV launch for decode M (gemm.silu_mul_linear), else silu_mul + linear."""
@@ -394,7 +417,7 @@ class CudaBackend(Backend):
 
     # --- CUDA graphs ------------------------------------------------------------
     def graph(self, fn):
-        """Capture fn() (our kernels only: cuBLAS is refused in capture) into a CUDA graph.
+        """Capture fn() (our kernels and cuBLAS through cublas.py, never cupy.matmul) into a graph.
 
         Returns replay() -> fn's output arrays (the same static buffers each time). fn runs
         once eagerly first (compiles and loads kernels), then once under capture. Arrays

@@ -6,8 +6,10 @@ Three implementations, picked per (GPU, N, K, M) from a dispatch table (FlashDec
 heuristic dataflow):
   'gemv'   kernels_cu/gemv.cu, CUDA cores, smallest M.
   'flat'   kernels_cu/flat_gemm.cu, tensor cores (mma.m16n8k16, M padded to 8).
-  'cublas' cupy.matmul; never inside CUDA-graph capture (CuPy refuses cuBLAS there) and never
-           for bf16 stored as uint16, where the dispatcher falls back to 'flat'.
+  'cublas' cuBLAS called through ctypes (cublas.py): eagerly and inside CUDA-graph capture,
+           fp16 and bf16. Only where libcublas cannot be loaded that way, cupy.matmul: then
+           never inside capture (CuPy refuses cuBLAS there) nor for bf16, where the
+           dispatcher takes the table's own-kernel fallback.
 
 Dtypes: float16, or bfloat16 given either as a dtype named 'bfloat16' or as raw uint16 bits
 (CuPy has no native bf16 arithmetic). Accumulation is float32 in every path.
@@ -26,6 +28,8 @@ import os
 from pathlib import Path
 
 import cupy as cp
+
+from rawengine.backends.cuda import cublas as libcublas
 
 _TUNING_DIR = Path(__file__).resolve().parents[2] / "tuning"
 SMEM_MAX = 227 * 1024  # Hopper opt-in limit per block
@@ -163,7 +167,9 @@ def _fused_params(M: int, N: int, K: int) -> dict | None:
     """gemv params for a fused prologue, or None where the unfused ops should run."""
     if not 1 <= M <= FUSED_MAX_M or M * N * K > FUSED_MAX_MNK:
         return None
-    impl, params = choose(M, N, K, capturing=True)  # same answer eagerly and under capture
+    # same answer eagerly and under capture; a 'cublas' choice (capturable via cublas.py)
+    # keeps the unfused ops unless the product is tiny
+    impl, params = choose(M, N, K, capturing=True)
     if impl == "gemv":
         return params
     return dict(FUSED_SMALL_PARAMS) if M * N * K <= FUSED_SMALL_MNK else None
@@ -238,8 +244,30 @@ def norm_linear_rope(x, residual, norm_w, eps: float, w, bias, positions, slot_m
     Returns (q, r), or None where the fused path does not apply (as norm_linear): the caller
     runs norm_linear + rope_kv_write. out [M, Hq, D], r_out, params: as norm_linear (an odd
     rows is raised by one: the rows of a rotation pair share a warp)."""
-    D = head_dim
-    if (x.ndim != 2 or w.ndim != 2 or norm_w.ndim != 1 or k_cache.ndim != 4 or cos.ndim != 2 or D % 2
+    if norm_w.ndim != 1:
+        return None
+    rope = _rope_epilogue(x, w, positions, slot_mapping, cos, sin, k_cache, v_cache,
+                          num_q_heads, num_kv_heads, head_dim)
+    if rope is None:
+        return None
+    M = x.shape[0]
+    params = _fused_params(M, w.shape[0], x.shape[1]) if params is None or M > FUSED_MAX_M else params
+    if params is None:
+        return None
+    return _norm_linear(x, residual, norm_w, eps, w, bias, (M, num_q_heads, head_dim), out,
+                        r_out, _even_rows(params), *rope)
+
+
+def _even_rows(params: dict) -> dict:
+    """Paired epilogues need both rows of a pair in one warp: an odd rows is raised by one."""
+    rows = params.get("rows", 2)
+    return dict(params, rows=rows + rows % 2)
+
+
+def _rope_epilogue(x, w, positions, slot_mapping, cos, sin, k_cache, v_cache, num_q_heads: int,
+                   num_kv_heads: int, D: int):
+    """(defines, args) of gemv.cu EPILOGUE 1 for these inputs, or None if they do not fit it."""
+    if (x.ndim != 2 or w.ndim != 2 or k_cache.ndim != 4 or cos.ndim != 2 or D % 2
             or w.shape[0] != (num_q_heads + 2 * num_kv_heads) * D
             or k_cache.shape != v_cache.shape or k_cache.shape[1] != num_kv_heads
             or k_cache.shape[3] != D or not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous)
@@ -249,18 +277,79 @@ def norm_linear_rope(x, residual, norm_w, eps: float, w, bias, positions, slot_m
             or slot_mapping.shape != (x.shape[0],)
             or positions.dtype != cp.int32 or slot_mapping.dtype != cp.int32):
         return None
-    M = x.shape[0]
-    params = _fused_params(M, w.shape[0], x.shape[1]) if params is None or M > FUSED_MAX_M else params
+    args = tuple(cp.ascontiguousarray(a) for a in (positions, slot_mapping, cos, sin)) + (
+        k_cache, v_cache, cp.int32(num_q_heads), cp.int32(num_kv_heads), cp.int32(k_cache.shape[2]))
+    return dict(EPILOGUE=1, HEAD_DIM=D), args
+
+
+def _epilogue_params(M: int, N: int, K: int) -> dict | None:
+    """gemv params for a fused epilogue on an unfused x (no prologue), or None. An epilogue
+    adds no serial work in front of the weight stream, so unlike the prologues it pays at
+    any size: it applies wherever the table serves this product with the GEMV."""
+    if not 1 <= M <= FUSED_MAX_M:
+        return None
+    impl, params = choose(M, N, K, capturing=True)
+    return _even_rows(params) if impl == "gemv" else None
+
+
+def _epilogue_launch(x, w, bias, y_shape, out, params, epilogue: dict, epilogue_args: tuple):
+    """A PROLOGUE 0 gemv launch with a paired epilogue; None if the inputs do not fit it."""
+    M, K = x.shape
+    if w.shape[1] != K or not _is_lowp(*([x, w] + ([bias] if bias is not None else []))):
+        return None
+    params = _epilogue_params(M, w.shape[0], K) if params is None else _even_rows(params)
     if params is None:
         return None
-    params = dict(params)
-    rows = params.get("rows", 2)
-    params["rows"] = rows + rows % 2
-    rope = dict(EPILOGUE=1, HEAD_DIM=D)
-    rope_args = tuple(cp.ascontiguousarray(a) for a in (positions, slot_mapping, cos, sin)) + (
-        k_cache, v_cache, cp.int32(num_q_heads), cp.int32(num_kv_heads), cp.int32(k_cache.shape[2]))
-    return _norm_linear(x, residual, norm_w, eps, w, bias, (M, num_q_heads, D), out, r_out,
-                        params, rope, rope_args)
+    x, w = cp.ascontiguousarray(x), cp.ascontiguousarray(w)
+    b = cp.ascontiguousarray(bias) if bias is not None else None
+    y = _dest(out, y_shape, x.dtype)
+    _gemv_launch(x, w, y, b, None, M, K, _vec_ok(K, x, w), epilogue, epilogue_args, **params)
+    return y
+
+
+def linear_rope(x, w, bias, positions, slot_mapping, cos, sin, k_cache, v_cache,
+                num_q_heads: int, num_kv_heads: int, head_dim: int, *, out=None,
+                params: dict | None = None):
+    """The decode qkv product of an already normalised x with RoPE and the paged K/V write in
+    the GEMV's output (gemv.cu EPILOGUE 1, no prologue), one launch instead of linear +
+    rope_kv_write. For products too big for norm_linear_rope (whose serial RMSNorm staging
+    costs more than the launch it saves there). Arguments as norm_linear_rope. Returns q
+    [M, Hq, D], or None where it does not apply (M > FUSED_MAX_M, the table does not pick the
+    GEMV, other shapes or dtypes): the caller runs linear + rope_kv_write."""
+    rope = _rope_epilogue(x, w, positions, slot_mapping, cos, sin, k_cache, v_cache,
+                          num_q_heads, num_kv_heads, head_dim)
+    if rope is None:
+        return None
+    return _epilogue_launch(x, w, bias, (x.shape[0], num_q_heads, head_dim), out, params, *rope)
+
+
+def norm_linear_silu(x, residual, norm_w, eps: float, w, *, out=None, r_out=None,
+                     params: dict | None = None):
+    """norm_linear for the decode gate_up product with SiLU-and-mul in the GEMV's output
+    (gemv.cu PROLOGUE 1 + EPILOGUE 2), one launch:
+        [g | u], r = norm_linear(x, residual, norm_w, eps, w)   (g, u rounded to x's dtype)
+        act = silu(g) * u  [M, N / 2]
+    Returns (act, r), or None where it does not apply (as norm_linear)."""
+    if x.ndim != 2 or w.ndim != 2 or norm_w.ndim != 1 or w.shape[0] % 2:
+        return None
+    M, K = x.shape
+    N = w.shape[0]
+    params = _fused_params(M, N, K) if params is None or M > FUSED_MAX_M else params
+    if params is None:
+        return None
+    return _norm_linear(x, residual, norm_w, eps, w, None, (M, N // 2), out, r_out,
+                        _even_rows(params), dict(EPILOGUE=2), ())
+
+
+def linear_silu(x, w, *, out=None, params: dict | None = None):
+    """The decode gate_up product with SiLU-and-mul in the GEMV's output (gemv.cu EPILOGUE 2,
+    no prologue), one launch instead of linear + silu_mul: [g | u] = x @ w.T rounded to x's
+    dtype, returns silu(g) * u [M, N / 2]; or None where it does not apply (as linear_rope):
+    the caller runs linear + silu_mul."""
+    if x.ndim != 2 or w.ndim != 2 or w.shape[0] % 2:
+        return None
+    return _epilogue_launch(x, w, None, (x.shape[0], w.shape[0] // 2), out, params,
+                            dict(EPILOGUE=2), ())
 
 
 def silu_mul_linear(gate_up, w, bias=None, *, out=None, params: dict | None = None):
@@ -350,6 +439,23 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
 
 
 def cublas(x, w, y, bias=None, residual=None) -> None:
+    """y = x @ w.T (+ bias | + residual) with cuBLAS; the addend rides on its beta = 1: y
+    holds the residual (copied in unless y is the residual) or the broadcast bias (a bit
+    copy, any dtype), and the GEMM adds x @ w.T in fp32 and rounds once. Bias and residual
+    together would round twice: run_impl sends those to our kernels (no model has both)."""
+    if not libcublas.available():
+        _cupy_matmul(x, w, y, bias, residual)
+        return
+    if bias is not None and residual is not None:
+        raise ValueError("cublas: bias and residual together (use flat or gemv)")
+    addend = residual if residual is not None else bias
+    if addend is not None and addend.data.ptr != y.data.ptr:
+        y[...] = addend
+    libcublas.gemm(x, w, y, beta_one=addend is not None)
+
+
+def _cupy_matmul(x, w, y, bias=None, residual=None) -> None:
+    """cuBLAS through cupy.matmul: eager only, fp16 only (the fallback of cublas())."""
     if residual is not None and residual.data.ptr == y.data.ptr:
         t = cp.matmul(x, w.T)  # in-place residual: y already holds it
         if bias is not None:
@@ -367,8 +473,9 @@ def cublas(x, w, y, bias=None, residual=None) -> None:
 def default_choice(M: int, N: int, K: int) -> tuple[str, dict]:
     """Rule when no table entry matches, read off the H100 tuning of 24 shapes
     (docs/flat_gemm_notes.md): CUDA-core GEMV for M <= 2, register-direct tensor-core flat
-    GEMM up to M = 8, shared-memory flat GEMM up to M = 32, cuBLAS above (flat GEMM
-    when cuBLAS is unavailable: graph capture, bf16)."""
+    GEMM up to M = 8, shared-memory flat GEMM up to M = 32, cuBLAS above (capturable
+    through cublas.py; flat GEMM where only cupy.matmul is there and cannot run: graph
+    capture, bf16)."""
     if M <= 2:
         return "gemv", {}
     if M <= 8:
@@ -387,7 +494,8 @@ def _table_dirs() -> list[Path]:
 @functools.lru_cache(maxsize=None)
 def _tables() -> dict:
     """{(gpu, N, K): [(m_max, impl, params, fallback), ...] sorted by m_max}; user tables
-    win. fallback: (impl, params) used inside graph capture when impl is 'cublas'."""
+    win. fallback: (impl, params) used for 'cublas' where cuBLAS cannot run (capture or
+    bf16 when only cupy.matmul is there)."""
     out: dict = {}
     for d in reversed(_table_dirs()):
         if not d.is_dir():
@@ -414,22 +522,37 @@ def reload_tables() -> None:
 
 def choose(M: int, N: int, K: int, gpu: str | None = None,
            capturing: bool = False) -> tuple[str, dict]:
-    """(impl, params) for this product from the table, else `default_choice`. While
-    capturing, a 'cublas' entry gives way to its tuned fallback (our fastest kernel)."""
+    """(impl, params) for this product from the table, else `default_choice`. capturing:
+    cupy.matmul could not run here (capture, bf16); then, if cuBLAS is only reachable
+    through it, a 'cublas' entry gives way to its tuned fallback (our fastest kernel).
+    With cublas.py's ctypes path 'cublas' runs anywhere and is returned as it is."""
     rules = _tables().get((gpu or gpu_name(), N, K))
     if rules:
         for m_max, impl, params, fallback in rules:
             if M <= m_max:
-                if impl == "cublas" and capturing and fallback is not None:
+                if (impl == "cublas" and capturing and fallback is not None
+                        and not libcublas.available()):
                     return fallback[0], dict(fallback[1])
                 return impl, dict(params)
     return default_choice(M, N, K)
 
 
+def _can_cublas(w, bias, residual) -> bool:
+    """cuBLAS can run now: through ctypes anywhere (one addend at most; none for bf16, where
+    cuBLAS's beta = 1 accumulation measured beyond one rounding on the H100), except a capture
+    that would have to create the device's handle (cublas.py); through cupy.matmul eagerly
+    on fp16 only."""
+    if libcublas.available():
+        addends = (bias is not None) + (residual is not None)
+        return (addends <= (1 if _dtype_flag(w) == 0 else 0)
+                and (not is_capturing() or libcublas.is_ready()))
+    return not is_capturing() and _dtype_flag(w) == 0
+
+
 def run_impl(impl: str, x, w, y, bias=None, residual=None, **params) -> None:
-    """One named implementation, with fallbacks where it cannot run (capture, bf16, K % 8)."""
+    """One named implementation, with fallbacks where it cannot run (see _can_cublas; K % 8)."""
     K = x.shape[1]
-    if impl == "cublas" and (is_capturing() or _dtype_flag(w) == 1):
+    if impl == "cublas" and not _can_cublas(w, bias, residual):
         impl, params = "flat", {"kernel": "smem" if x.shape[0] > 32 else "direct"}
     if impl == "flat" and not _vec_ok(K, x, w, y):
         impl, params = "gemv", {}
@@ -467,7 +590,7 @@ def linear(x, w, bias=None, *, residual=None, out=None):
     if residual is not None:
         r2 = cp.ascontiguousarray(residual).reshape(M, N)
     b = cp.ascontiguousarray(bias) if bias is not None else None
-    # bf16 (uint16 bits) cannot go through cupy.matmul: take the table's own-kernel fallback
+    # where cuBLAS is only cupy.matmul, capture and bf16 take the table's own-kernel fallback
     impl, params = choose(M, N, K, capturing=is_capturing() or _dtype_flag(w) == 1)
     run_impl(impl, x2, w, y2, b, r2, **params)
     return y
