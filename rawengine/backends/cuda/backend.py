@@ -200,8 +200,7 @@ class CudaBackend(Backend):
             if out is not None:
                 return out
             # too big for the norm prologue: rmsnorm, then RoPE + K/V write in the GEMV output
-            h, r = (self.rmsnorm(x, norm_w, eps), x) if residual is None else \
-                self.rmsnorm(x, norm_w, eps, residual)
+            h, r = self._add_rmsnorm(x, residual, norm_w, eps)
             q = gemm.linear_rope(h, w_qkv, bias, meta.positions, meta.slot_mapping, cos, sin,
                                  k_cache, v_cache, Hq, Hkv, D)
             if q is None:
@@ -210,6 +209,11 @@ class CudaBackend(Backend):
             return q, r
         return super().norm_linear_rope(x, residual, norm_w, eps, w_qkv, bias, meta, cos, sin,
                                         k_cache, v_cache, Hq, Hkv, D)
+
+    def _add_rmsnorm(self, x, residual, norm_w, eps):
+        """(rmsnorm(r), r) with r = x + residual, or r = x without residual (norm_linear's r)."""
+        return (self.rmsnorm(x, norm_w, eps), x) if residual is None else \
+            self.rmsnorm(x, norm_w, eps, residual)
 
     def norm_linear_silu(self, x, residual, norm_w, eps, w):
         """Decode: one GEMV launch with add+RMSNorm in its x staging (small products) and
@@ -220,8 +224,7 @@ class CudaBackend(Backend):
         out = gemm.norm_linear_silu(x, residual, norm_w, eps, w)
         if out is not None:
             return out
-        h, r = (self.rmsnorm(x, norm_w, eps), x) if residual is None else \
-            self.rmsnorm(x, norm_w, eps, residual)
+        h, r = self._add_rmsnorm(x, residual, norm_w, eps)
         act = gemm.linear_silu(h, w)
         return (act if act is not None else self.silu_mul(self.linear(h, w))), r
 

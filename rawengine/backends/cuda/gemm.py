@@ -201,18 +201,26 @@ def norm_linear(x, residual, norm_w, eps: float, w, bias=None, *, out=None, r_ou
     residual). params: gemv params; given, the fused path is taken for any M <= 8 (tests, lab)."""
     if x.ndim != 2 or w.ndim != 2 or norm_w.ndim != 1:
         return None
-    M, K = x.shape
-    N = w.shape[0]
-    params = _fused_params(M, N, K) if params is None or M > FUSED_MAX_M else params
-    if params is None:
-        return None
-    return _norm_linear(x, residual, norm_w, eps, w, bias, (M, N), out, r_out, params, {}, ())
+    return _norm_linear(x, residual, norm_w, eps, w, bias, (x.shape[0], w.shape[0]), out, r_out,
+                        params, {}, ())
+
+
+def _prologue_params(params: dict | None, M: int, N: int, K: int) -> dict | None:
+    """The gemv params of a fused-prologue launch: given ones (tests, lab) for any M <=
+    FUSED_MAX_M, else the default rule (_fused_params); None where fusion does not apply."""
+    return _fused_params(M, N, K) if params is None or M > FUSED_MAX_M else params
 
 
 def _norm_linear(x, residual, norm_w, eps, w, bias, y_shape, out, r_out, params, epilogue: dict,
                  epilogue_args: tuple):
-    """The PROLOGUE 1 launch of norm_linear with an optional epilogue; None on bad inputs."""
+    """The PROLOGUE 1 launch of norm_linear with an optional epilogue; None on bad inputs or
+    where fusion does not apply (_prologue_params)."""
     M, K = x.shape
+    params = _prologue_params(params, M, w.shape[0], K)
+    if params is None:
+        return None
+    if epilogue:
+        params = _even_rows(params)
     arrays = [x, w, norm_w] + [a for a in (residual, bias) if a is not None]
     if (w.shape[1] != K or norm_w.shape[0] != K or not _is_lowp(*arrays)
             or (residual is not None and residual.shape != x.shape)
@@ -250,12 +258,8 @@ def norm_linear_rope(x, residual, norm_w, eps: float, w, bias, positions, slot_m
                           num_q_heads, num_kv_heads, head_dim)
     if rope is None:
         return None
-    M = x.shape[0]
-    params = _fused_params(M, w.shape[0], x.shape[1]) if params is None or M > FUSED_MAX_M else params
-    if params is None:
-        return None
-    return _norm_linear(x, residual, norm_w, eps, w, bias, (M, num_q_heads, head_dim), out,
-                        r_out, _even_rows(params), *rope)
+    return _norm_linear(x, residual, norm_w, eps, w, bias, (x.shape[0], num_q_heads, head_dim),
+                        out, r_out, params, *rope)
 
 
 def _even_rows(params: dict) -> dict:
@@ -332,13 +336,8 @@ def norm_linear_silu(x, residual, norm_w, eps: float, w, *, out=None, r_out=None
     Returns (act, r), or None where it does not apply (as norm_linear)."""
     if x.ndim != 2 or w.ndim != 2 or norm_w.ndim != 1 or w.shape[0] % 2:
         return None
-    M, K = x.shape
-    N = w.shape[0]
-    params = _fused_params(M, N, K) if params is None or M > FUSED_MAX_M else params
-    if params is None:
-        return None
-    return _norm_linear(x, residual, norm_w, eps, w, None, (M, N // 2), out, r_out,
-                        _even_rows(params), dict(EPILOGUE=2), ())
+    return _norm_linear(x, residual, norm_w, eps, w, None, (x.shape[0], w.shape[0] // 2), out,
+                        r_out, params, dict(EPILOGUE=2), ())
 
 
 def linear_silu(x, w, *, out=None, params: dict | None = None):
@@ -365,7 +364,7 @@ def silu_mul_linear(gate_up, w, bias=None, *, out=None, params: dict | None = No
     arrays = [gate_up, w] + ([bias] if bias is not None else [])
     if K2 != 2 * K or not _is_lowp(*arrays) or (bias is not None and bias.shape != (N,)):
         return None
-    params = _fused_params(M, N, K) if params is None or M > FUSED_MAX_M else params
+    params = _prologue_params(params, M, N, K)
     if params is None:
         return None
     gate_up, w = cp.ascontiguousarray(gate_up), cp.ascontiguousarray(w)
