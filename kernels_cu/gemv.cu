@@ -53,6 +53,15 @@
 // rounded to T (as the unfused GEMV stores them), y[m, i] = silu(g) * u rounded to T, with y
 // [M, I]. No extra args.
 //
+// Weight streaming (STAGES):
+//   0  each lane loads UNROLL x ROWS 16-byte pieces into registers, then uses them: the bytes in
+//      flight per SM are capped by registers (occupancy) and drop to zero while a batch is used.
+//   S >= 2  each warp streams through its own ring of S batches in shared memory with cp.async
+//      (S - 1 batches in flight while one is used; the first S - 1 go out before RE_PDL_WAIT).
+//      Every lane reads back only the 16-byte slots it copied itself, so cp.async.wait_group is
+//      the only synchronisation. Extra dynamic smem: WARPS * S * UNROLL * ROWS * 512 bytes after
+//      x's slice (gemm.gemv_ring_bytes). Needs VEC 8.
+//
 // Variants / when each wins (H100, see docs/flat_gemm_notes.md):
 //   1. split = 1: N large enough that cdiv(N, WARPS*ROWS) blocks fill the 132 SMs several times.
 //   2. split > 1 (split-K with in-kernel fix-up by the last arriving block): small N, or x slice
@@ -78,6 +87,16 @@
 #endif
 #ifndef VEC
 #define VEC 8
+#endif
+#ifndef STAGES
+#define STAGES 0
+#endif
+#if STAGES
+#if VEC != 8 || STAGES < 2
+#error "STAGES needs VEC 8 and at least 2 stages"
+#endif
+// mma.cuh: cp_async16 / commit / wait
+#include "mma.cuh"
 #endif
 #ifndef HAS_BIAS
 #define HAS_BIAS 0
@@ -346,17 +365,41 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
 #else
     for (int r = 0; r < ROWS; ++r) wrow[r] = w + (size_t)min(n_base + r, N - 1) * K + k0;
 #endif
-    // w is constant during a step, so the first UNROLL x ROWS weight loads go out before
-    // RE_PDL_WAIT: under programmatic launch they overlap the previous kernel's tail.
-    Raw wv[UNROLL][ROWS];
+    // w is constant during a step, so the first weight loads go out before RE_PDL_WAIT:
+    // under programmatic launch they overlap the previous kernel's tail.
     const int kk0 = lane * VEC;
-#if RE_PDL_EARLY
+#if STAGES
+    // per-warp ring: slot (stage, u, r) of this lane at ring[((stage * UNROLL + u) * ROWS + r) * 32]
+    constexpr int BATCH = 32 * VEC * UNROLL;  // k elements per batch
+    const int num_batches = cdiv(kc, BATCH);  // block-uniform
+    uint4* ring = reinterpret_cast<uint4*>(smem_raw + ((MB * k_chunk * 2 + 15) & ~15)) +
+                  warp * (STAGES * UNROLL * ROWS * 32) + lane;
+    auto issue = [&](int b) {  // batch b -> stage b % STAGES; always one commit group
+        if (b < num_batches) {
+            uint4* slot = ring + (b % STAGES) * (UNROLL * ROWS * 32);
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const int k = kk0 + b * BATCH + u * 32 * VEC;
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r)
+                    cp_async16(reinterpret_cast<T*>(slot + (u * ROWS + r) * 32),
+                               wrow[r] + (k < kc ? k : 0), k < kc);
+            }
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int b = 0; b < STAGES - 1; ++b) issue(b);
+#elif RE_PDL_EARLY
+    Raw wv[UNROLL][ROWS];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
         const int k = kk0 + u * 32 * VEC;
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) wv[u][r] = k < kc ? load_stream(wrow[r] + k) : zero_raw();
     }
+#else
+    Raw wv[UNROLL][ROWS];
 #endif
     RE_PDL_WAIT();
     RE_PDL_TRIGGER();
@@ -382,23 +425,15 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
 #pragma unroll
         for (int m = 0; m < MB; ++m) acc[r][m] = 0.f;
 
-    for (int kk = kk0; kk < kc; kk += 32 * VEC * UNROLL) {
-        if (!RE_PDL_EARLY || kk != kk0) {  // the first loads were issued before RE_PDL_WAIT
-#pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
-                const int k = kk + u * 32 * VEC;
-#pragma unroll
-                for (int r = 0; r < ROWS; ++r)
-                    wv[u][r] = k < kc ? load_stream(wrow[r] + k) : zero_raw();
-            }
-        }
+    // acc += w[rows, k..k+VEC) . x[m, k..k+VEC) for the UNROLL pieces of one batch at kk
+    auto fma_batch = [&](int kk, const Raw (&wb)[UNROLL][ROWS]) {
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             const int k = kk + u * 32 * VEC;
             if (k < kc) {
                 float wf[ROWS][VEC];
 #pragma unroll
-                for (int r = 0; r < ROWS; ++r) unpack(wv[u][r], wf[r]);
+                for (int r = 0; r < ROWS; ++r) unpack(wb[u][r], wf[r]);
 #pragma unroll
                 for (int m = 0; m < MB; ++m) {
                     float xf[VEC];
@@ -410,7 +445,34 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
                 }
             }
         }
+    };
+
+#if STAGES
+    for (int b = 0; b < num_batches; ++b) {
+        issue(b + STAGES - 1);
+        cp_async_wait<STAGES - 1>();  // this lane's copies of batch b have landed
+        const uint4* slot = ring + (b % STAGES) * (UNROLL * ROWS * 32);
+        Raw wb[UNROLL][ROWS];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u)
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) wb[u][r] = slot[(u * ROWS + r) * 32];
+        fma_batch(kk0 + b * BATCH, wb);
     }
+#else
+    for (int kk = kk0; kk < kc; kk += 32 * VEC * UNROLL) {
+        if (!RE_PDL_EARLY || kk != kk0) {  // the first loads were issued before RE_PDL_WAIT
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const int k = kk + u * 32 * VEC;
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r)
+                    wv[u][r] = k < kc ? load_stream(wrow[r] + k) : zero_raw();
+            }
+        }
+        fma_batch(kk, wv);
+    }
+#endif
 
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)

@@ -46,6 +46,14 @@ GEMV_CONFIGS = [
     dict(rows=1, warps=16, unroll=4, split=1),
     dict(rows=1, warps=16, unroll=2, split=1),
     dict(rows=2, warps=4, unroll=8, split=1),
+    # cp.async weight ring (gemv.cu STAGES, session 4): bytes in flight held in shared memory
+    # instead of registers, for the N = 4096 shapes whose 256 blocks cannot fill the SMs' warps
+    dict(rows=1, warps=16, unroll=4, split=1, stages=4),
+    dict(rows=1, warps=16, unroll=2, split=1, stages=6),
+    dict(rows=1, warps=8, unroll=4, split=1, stages=4),
+    dict(rows=2, warps=8, unroll=2, split=1, stages=4),
+    dict(rows=2, warps=4, unroll=4, split=1, stages=3),
+    dict(rows=1, warps=8, unroll=4, stages=3),
 ]
 FLAT_DIRECT_CONFIGS = [
     dict(kernel="direct", fn=1, warps_n=1, warps_k=8, unroll=2),
@@ -200,18 +208,40 @@ def candidates(M: int, max_m_own: int) -> list[tuple[str, dict]]:
     return out
 
 
+PAIRED = "gemv_paired"  # records of GEMVs timed with the SiLU-mul pair epilogue
+
+
+def paired_candidates() -> list[dict]:
+    """GEMV configs for the paired epilogues (RoPE in qkv, SiLU-mul in gate_up): both rows of
+    a pair share a warp, so rows must be even; odd-rows configs are tried with rows + 1.
+    They are timed with the SiLU-mul epilogue itself (gemm.linear_silu), because the plain
+    product's ranking did not carry over: on 2026-11-21 the fastest plain even-rows config
+    ran Llama-3-8B decode 1% slower than rows + 1 of the plain winner, and rows + 1 ran
+    Llama-2-7B 0.5% slower than the plain even-rows one."""
+    out: list[dict] = []
+    for c in GEMV_CONFIGS:
+        c = dict(c, rows=c.get("rows", 2) + c.get("rows", 2) % 2)
+        if c not in out:
+            out.append(c)
+    return out
+
+
 # --- table building --------------------------------------------------------------------------
 def pick(results: list[tuple[float, str, dict]]) -> dict:
     """Winner of one (shape, M) from [(us, impl, params)]; a cuBLAS winner carries the best
     own kernel as 'fallback' (used where cuBLAS cannot run: capture or bf16 when it is only
-    reachable through cupy.matmul)."""
-    results = sorted(results, key=lambda r: r[0])
-    us, impl, params = results[0]
+    reachable through cupy.matmul). A GEMV winner carries 'paired': the fastest config timed
+    with a paired epilogue (impl 'gemv_paired', see paired_candidates), if any was timed."""
+    own = sorted((r for r in results if r[1] != PAIRED), key=lambda r: r[0])
+    us, impl, params = own[0]
     choice = {"impl": impl, "params": params}
+    paired = sorted((r for r in results if r[1] == PAIRED), key=lambda r: r[0])
+    if impl == "gemv" and paired:
+        choice["paired"] = paired[0][2]
     if impl == "cublas":
-        own = next((r for r in results if r[1] != "cublas"), None)
-        if own is not None:
-            choice["fallback"] = {"impl": own[1], "params": own[2]}
+        other = next((r for r in own if r[1] != "cublas"), None)
+        if other is not None:
+            choice["fallback"] = {"impl": other[1], "params": other[2]}
     return choice
 
 
@@ -239,6 +269,32 @@ def rules_from_records(records: list[dict]) -> dict[str, list[dict]]:
             for (n, k), per_m in by.items()}
 
 
+PAIRED_MAX_M = 8  # gemm.FUSED_MAX_M: epilogues run at M <= 8
+
+
+def time_paired(p: Problem, N: int, K: int, M: int, records: list, log) -> list:
+    """[(us, PAIRED, params)] of paired_candidates() run as gemm.linear_silu (y [M, N/2])."""
+    import cupy as cp
+
+    from rawengine.backends.cuda import gemm
+
+    y = cp.empty((M, N // 2), p.x.dtype)
+    if gemm.linear_silu(p.x, p.ws[0], out=y, params=paired_candidates()[0]) is None:
+        return []  # the epilogue does not apply to these inputs: nothing to time
+    out = []
+    for c in paired_candidates():
+        def launch(i, c=c):
+            gemm.linear_silu(p.x, p.ws[i], out=y, params=c)
+        try:
+            us = time_graph(launch, p.num_copies, reps=8)
+        except Exception as e:  # noqa: BLE001 - a config that cannot launch is skipped
+            log(f"    skip paired {c}: {type(e).__name__}: {e}")
+            continue
+        out.append((us, PAIRED, c))
+        records.append(dict(N=N, K=K, M=M, impl=PAIRED, params=c, us=us))
+    return out
+
+
 def tune_shape(N: int, K: int, m_list, max_m_own: int, log) -> tuple[list[dict], list[dict]]:
     import cupy as cp
 
@@ -254,8 +310,11 @@ def tune_shape(N: int, K: int, m_list, max_m_own: int, log) -> tuple[list[dict],
                 continue
             results.append((us, impl, params))
             records.append(dict(N=N, K=K, M=M, impl=impl, params=params, us=us))
+        own_best = min(results, key=lambda r: r[0])
+        if own_best[1] == "gemv" and M <= PAIRED_MAX_M and N % 2 == 0:
+            results += time_paired(p, N, K, M, records, log)
         choice = pick(results)
-        us = min(r[0] for r in results)
+        us = own_best[0]
         cub = next(r[0] for r in results if r[1] == "cublas")
         log(f"  N={N} K={K} M={M:5d}: {choice['impl']:6s} {us:9.1f} us  (cublas {cub:9.1f} us)"
             f" {choice['params']}")

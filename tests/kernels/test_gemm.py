@@ -84,7 +84,10 @@ def check(out, ref, dtype):
 SHAPES = [(256, 512), (200, 1000), (72, 4096), (1000, 136), (130, 1001)]
 MS = [1, 3, 8, 13, 64]
 
-GEMV_CFGS = [dict(), dict(rows=1, warps=8, split=1), dict(rows=4, warps=4, unroll=2, split=3)]
+GEMV_CFGS = [dict(), dict(rows=1, warps=8, split=1), dict(rows=4, warps=4, unroll=2, split=3),
+             # cp.async weight ring: one split, and split-K with a ring shorter than a batch run
+             dict(rows=1, warps=16, unroll=4, split=1, stages=4),
+             dict(rows=2, warps=4, unroll=2, split=3, stages=3)]
 FLAT_CFGS = [
     dict(),
     dict(kernel="direct", split=1),

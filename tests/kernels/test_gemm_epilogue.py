@@ -28,7 +28,7 @@ rng = np.random.default_rng(11)
 EPS = 1e-5
 # gemv configs: rows 2 (pairs in one warp), rows 1 (raised to 2), split-K fix-up, 16 warps
 CFGS = [dict(), dict(rows=1, warps=8, split=1), dict(rows=4, warps=4, unroll=2, split=3),
-        dict(rows=2, warps=16, unroll=4, split=1)]
+        dict(rows=2, warps=16, unroll=4, split=1), dict(rows=1, warps=8, unroll=4, split=1, stages=4)]
 
 
 def swiglu_ref(h64, w64, dtype):
@@ -127,6 +127,36 @@ def test_dispatch_rule():
     assert gemm._epilogue_params(16, 28672, 4096) is None
     assert gemm.linear_silu(zeros(16, 4096), zeros(28672, 4096)) is None
     assert gemm.linear_silu(zeros(1, 4096), zeros(28671, 4096)) is None  # odd N: no pairs
+
+
+def test_odd_rows_table_choice_uses_its_paired_params(tmp_path, monkeypatch):
+    """A table GEMV with odd rows serves paired epilogues with the rule's 'paired' params (the
+    fastest even-rows config the tuner timed); given params, and rules without 'paired', get
+    rows + 1."""
+    import json
+
+    paired = dict(rows=2, warps=4, unroll=8, split=1)
+    odd = dict(rows=1, warps=16, unroll=2, split=1)
+    rules = {"96x64": [dict(impl="gemv", params=odd, paired=paired, m_max=1)],
+             "98x64": [dict(impl="gemv", params=odd, m_max=1)]}
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "t.json").write_text(json.dumps(dict(gpu=gemm.gpu_name(),
+                                                                 shapes=rules)))
+    monkeypatch.setenv("RAWENGINE_CACHE", str(tmp_path))
+    gemm.reload_tables()
+    try:
+        assert gemm._epilogue_params(1, 96, 64) == paired
+        assert gemm._epilogue_params(1, 98, 64) == dict(odd, rows=2)
+        assert gemm._even_rows(dict(rows=1, warps=8), 1, 96, 64) == dict(rows=2, warps=8)
+        x = cp.asarray(rng.standard_normal((1, 64)), cp.float16)
+        w = cp.asarray(rng.standard_normal((96, 64)) / 8, cp.float16)
+        act = gemm.linear_silu(x, w)  # runs with the paired params
+        gu = cp.asnumpy(x).astype(np.float64) @ cp.asnumpy(w).astype(np.float64).T  # [g | u]
+        ref = silu64(gu[:, :48]) * gu[:, 48:]
+        assert np.abs(cp.asnumpy(act).astype(np.float64) - ref).max() < 2e-2
+    finally:
+        monkeypatch.undo()
+        gemm.reload_tables()
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

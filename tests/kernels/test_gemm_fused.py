@@ -28,7 +28,8 @@ MS = [1, 3, 8]
 KS = [576, 1000, 4096, 1536, 1001]  # 1001: scalar (VEC=1) staging
 DTYPES = ["fp16", "bf16"]
 # gemv configs: default (split-K picked from the shape), split 1, forced split-K
-CFGS = [dict(), dict(rows=1, warps=8, split=1), dict(rows=4, warps=4, unroll=2, split=3)]
+CFGS = [dict(), dict(rows=1, warps=8, split=1), dict(rows=4, warps=4, unroll=2, split=3),
+        dict(rows=2, warps=8, unroll=2, split=2, stages=3)]
 
 
 def check(out, ref, ref_lowp, dtype, name=""):

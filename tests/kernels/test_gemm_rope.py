@@ -32,7 +32,8 @@ MAX_POS = 4096
 NB = 12
 HEADS = [(9, 3), (32, 8)]  # SmolLM2-135M, Llama-3-8B GQA groups
 CFGS = [dict(rows=2, warps=8, split=1), dict(rows=1, warps=4, split=1),  # rows 1 -> 2
-        dict(rows=4, warps=4, unroll=2, split=3)]  # split-K fix-up
+        dict(rows=4, warps=4, unroll=2, split=3),  # split-K fix-up
+        dict(rows=2, warps=16, unroll=2, split=1, stages=4)]  # cp.async weight ring
 
 
 def tables(D):

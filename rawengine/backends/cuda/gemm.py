@@ -116,17 +116,23 @@ def _vec_ok(K: int, *arrays) -> bool:
 
 
 def gemv(x, w, y, bias=None, residual=None, *, rows: int = 2, warps: int = 4, unroll: int = 4,
-         split: int = 0) -> None:
+         split: int = 0, stages: int = 0) -> None:
     """y = x @ w.T (+ bias) (+ residual) on CUDA cores; x [M, K], w [N, K], y [M, N].
-    split = 0 picks split-K from the shape."""
+    split = 0 picks split-K from the shape; stages >= 2 streams w through a per-warp cp.async
+    ring of that many batches in shared memory (gemv.cu STAGES), 0 through registers."""
     M, K = x.shape
     _gemv_launch(x, w, y, bias, residual, M, K, _vec_ok(K, x, w), {}, (), rows=rows,
-                 warps=warps, unroll=unroll, split=split)
+                 warps=warps, unroll=unroll, split=split, stages=stages)
+
+
+def gemv_ring_bytes(rows: int, warps: int, unroll: int, stages: int) -> int:
+    """Shared memory of gemv.cu's weight ring (16 bytes per lane per piece)."""
+    return warps * stages * unroll * rows * 32 * 16
 
 
 def _gemv_launch(x, w, y, bias, residual, M: int, K: int, is_vec: bool, prologue: dict,
                  prologue_args: tuple, *, rows: int = 2, warps: int = 4, unroll: int = 4,
-                 split: int = 0) -> None:
+                 split: int = 0, stages: int = 0) -> None:
     """gemv_kernel with an optional x prologue (gemv.cu PROLOGUE defines and extra args)."""
     N = w.shape[0]
     mb = min(M, 8)
@@ -143,14 +149,20 @@ def _gemv_launch(x, w, y, bias, residual, M: int, K: int, is_vec: bool, prologue
         k_chunk = (SMEM_DYNAMIC // (2 * mb)) // align * align
     split = cdiv(K, k_chunk)
     ws, cnt = _scratch.get(split * M * N if split > 1 else 0, row_tiles * m_groups)
+    stages = stages if vec == 8 and stages >= 2 else 0
     defines = dict(DTYPE_BF16=_dtype_flag(w), MB=mb, ROWS=rows, WARPS=warps, UNROLL=unroll,
                    VEC=vec, HAS_BIAS=int(bias is not None), HAS_RES=int(residual is not None),
                    **prologue)
+    smem = mb * k_chunk * 2
+    if stages:
+        defines["STAGES"] = stages
+        smem = cdiv(smem, 16) * 16 + gemv_ring_bytes(rows, warps, unroll, stages)
     kern = _kernel("gemv.cu", "gemv_kernel", defines)
+    _set_smem(kern, smem)
     kern((row_tiles, split, m_groups), (warps * 32,),
          (x, w, bias if bias is not None else w, residual if residual is not None else y, y,
           ws, cnt, cp.int32(M), cp.int32(N), cp.int32(K), cp.int32(k_chunk)) + prologue_args,
-         shared_mem=mb * k_chunk * 2)
+         shared_mem=smem)
 
 
 # --- fused prologues: the op producing x runs inside the GEMV's x staging ----------------------
@@ -220,7 +232,7 @@ def _norm_linear(x, residual, norm_w, eps, w, bias, y_shape, out, r_out, params,
     if params is None:
         return None
     if epilogue:
-        params = _even_rows(params)
+        params = _even_rows(params, M, w.shape[0], K)
     arrays = [x, w, norm_w] + [a for a in (residual, bias) if a is not None]
     if (w.shape[1] != K or norm_w.shape[0] != K or not _is_lowp(*arrays)
             or (residual is not None and residual.shape != x.shape)
@@ -262,8 +274,17 @@ def norm_linear_rope(x, residual, norm_w, eps: float, w, bias, positions, slot_m
                         out, r_out, params, *rope)
 
 
-def _even_rows(params: dict) -> dict:
-    """Paired epilogues need both rows of a pair in one warp: an odd rows is raised by one."""
+def _even_rows(params: dict, M: int, N: int, K: int) -> dict:
+    """GEMV params for a paired epilogue (both rows of a pair in one warp: rows even). Params
+    that are the table's GEMV choice give way to the rule's 'paired' entry, the fastest config
+    the tuner timed with the epilogue itself (rawengine/tune.py time_paired): the plain
+    product's ranking did not carry over (1% of Llama-3-8B decode). Otherwise (given params,
+    tables without 'paired') an odd rows is raised by one."""
+    for m_max, impl, p, _, paired in _tables().get((gpu_name(), N, K), ()):
+        if M <= m_max:
+            if impl == "gemv" and p == params and paired:
+                return dict(paired)
+            break
     rows = params.get("rows", 2)
     return dict(params, rows=rows + rows % 2)
 
@@ -293,7 +314,7 @@ def _epilogue_params(M: int, N: int, K: int) -> dict | None:
     if not 1 <= M <= FUSED_MAX_M:
         return None
     impl, params = choose(M, N, K, capturing=True)
-    return _even_rows(params) if impl == "gemv" else None
+    return _even_rows(params, M, N, K) if impl == "gemv" else None
 
 
 def _epilogue_launch(x, w, bias, y_shape, out, params, epilogue: dict, epilogue_args: tuple):
@@ -301,7 +322,8 @@ def _epilogue_launch(x, w, bias, y_shape, out, params, epilogue: dict, epilogue_
     M, K = x.shape
     if w.shape[1] != K or not _is_lowp(*([x, w] + ([bias] if bias is not None else []))):
         return None
-    params = _epilogue_params(M, w.shape[0], K) if params is None else _even_rows(params)
+    params = (_epilogue_params(M, w.shape[0], K) if params is None
+              else _even_rows(params, M, w.shape[0], K))
     if params is None:
         return None
     x, w = cp.ascontiguousarray(x), cp.ascontiguousarray(w)
@@ -492,9 +514,10 @@ def _table_dirs() -> list[Path]:
 
 @functools.lru_cache(maxsize=None)
 def _tables() -> dict:
-    """{(gpu, N, K): [(m_max, impl, params, fallback), ...] sorted by m_max}; user tables
-    win. fallback: (impl, params) used for 'cublas' where cuBLAS cannot run (capture or
-    bf16 when only cupy.matmul is there)."""
+    """{(gpu, N, K): [(m_max, impl, params, fallback, paired), ...] sorted by m_max}; user
+    tables win. fallback: (impl, params) used for 'cublas' where cuBLAS cannot run (capture
+    or bf16 when only cupy.matmul is there). paired: for a gemv choice with odd rows, the
+    fastest even-rows gemv params of the same timings (paired epilogues need even rows)."""
     out: dict = {}
     for d in reversed(_table_dirs()):
         if not d.is_dir():
@@ -510,7 +533,7 @@ def _tables() -> dict:
                 out[(gpu, n, k)] = sorted(
                     ((r["m_max"], r["impl"], r.get("params", {}),
                       (r["fallback"]["impl"], r["fallback"].get("params", {}))
-                      if "fallback" in r else None) for r in rules),
+                      if "fallback" in r else None, r.get("paired")) for r in rules),
                     key=lambda r: r[0])
     return out
 
@@ -527,7 +550,7 @@ def choose(M: int, N: int, K: int, gpu: str | None = None,
     With cublas.py's ctypes path 'cublas' runs anywhere and is returned as it is."""
     rules = _tables().get((gpu or gpu_name(), N, K))
     if rules:
-        for m_max, impl, params, fallback in rules:
+        for m_max, impl, params, fallback, _ in rules:
             if M <= m_max:
                 if (impl == "cublas" and capturing and fallback is not None
                         and not libcublas.available()):
