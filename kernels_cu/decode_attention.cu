@@ -52,6 +52,8 @@
 // Defines: HEAD_DIM (64 | 128), GROUP (1..8), NUM_WARPS, UNROLL, IS_ASYNC, DTYPE_BF16,
 // PREFETCH (1: L2-prefetch each warp's next tile while computing the current one),
 // MIN_BLOCKS (launch bound: 16 warps / NUM_WARPS keeps G <= 4 at 128 registers).
+// The block/split half (BlockSmem, warp merge, partials, counter, split merge) lives in
+// decode_common.cuh, shared with the tensor-core variant decode_attention_mma.cu.
 #include "common.cuh"
 
 #ifndef HEAD_DIM
@@ -75,6 +77,8 @@
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1  // resident blocks per SM to guarantee (caps registers)
 #endif
+// BlockSmem, merge helpers, finish_block (split merge):
+#include "decode_common.cuh"
 
 constexpr int VEC = 8;                               // 2-byte elements per 16-byte load
 constexpr int LANES_PER_TOK = HEAD_DIM / VEC;        // 16 (D=128) or 8 (D=64)
@@ -82,8 +86,6 @@ constexpr int TOK_PER_LOAD = 32 / LANES_PER_TOK;     // tokens one warp-wide loa
 constexpr int TILE = TOK_PER_LOAD * UNROLL;          // tokens per warp per step
 constexpr int STEP = TILE * NUM_WARPS;               // tokens per block per step
 constexpr int STEP1 = TOK_PER_LOAD * NUM_WARPS;      // the same at unroll 1 (short chunks)
-constexpr int NUM_THREADS = NUM_WARPS * 32;
-constexpr int D4 = HEAD_DIM / 4;                     // float4s per head row
 static_assert(LANES_PER_TOK <= 32 && 32 % LANES_PER_TOK == 0, "HEAD_DIM must be 64 or 128");
 static_assert(NUM_WARPS <= 32 && (NUM_WARPS & (NUM_WARPS - 1)) == 0, "NUM_WARPS: power of 2");
 
@@ -100,21 +102,6 @@ __device__ __forceinline__ void unpack8(const uint4& u, float f[VEC]) {
     const dtype_t* e = reinterpret_cast<const dtype_t*>(&u);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) f[i] = to_f32(e[i]);
-}
-
-// 2^x; ex2.approx gives 2^-inf = +0, which masked keys rely on.
-__device__ __forceinline__ float exp2_approx(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// Softmax state of one head over a set of keys (log2 units): m reference max, l = sum 2^(s-m),
-// o = sum 2^(s-m) v. Merging weighs each state by 2^(m_i - M), M = max_i m_i. An empty state
-// is (m = -inf, l = 0, o = 0); merging two empty states would give 2^(-inf - -inf) = NaN, so a
-// -inf side gets weight 0 explicitly (all-empty merges to l = 0, written out as o = 0).
-__device__ __forceinline__ float merge_weight(float m, float M) {
-    return m == NEG_INF ? 0.f : exp2_approx(m - M);
 }
 
 // Softmax state of this warp over its tiles of [start, end), per lane: o for its 8 dims.
@@ -244,11 +231,6 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
     }
 }
 
-struct __align__(16) BlockSmem {
-    float o[NUM_WARPS][GROUP][HEAD_DIM];
-    float m[NUM_WARPS][GROUP], l[NUM_WARPS][GROUP], m_true[NUM_WARPS][GROUP];
-};
-
 __device__ __forceinline__ void stash_warp(BlockSmem& sm, const float (&m)[GROUP],
                                            const float (&l)[GROUP], const float (&o)[GROUP][VEC],
                                            const float (&m_true)[GROUP]) {
@@ -271,36 +253,6 @@ __device__ __forceinline__ void stash_warp(BlockSmem& sm, const float (&m)[GROUP
     }
 }
 
-// Block state of head g, dims 4*d4 .. 4*d4+3, merged over the warps.
-__device__ __forceinline__ void merge_warps(const BlockSmem& sm, int g, int d4, float& M,
-                                            float& lsum, float4& acc) {
-    M = NEG_INF;
-#pragma unroll
-    for (int w = 0; w < NUM_WARPS; ++w) M = fmaxf(M, sm.m[w][g]);
-    lsum = 0.f;
-    acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int w = 0; w < NUM_WARPS; ++w) {
-        const float wt = merge_weight(sm.m[w][g], M);
-        const float4 v = reinterpret_cast<const float4*>(sm.o[w][g])[d4];
-        lsum = fmaf(wt, sm.l[w][g], lsum);
-        acc.x = fmaf(wt, v.x, acc.x);
-        acc.y = fmaf(wt, v.y, acc.y);
-        acc.z = fmaf(wt, v.z, acc.z);
-        acc.w = fmaf(wt, v.w, acc.w);
-    }
-}
-
-__device__ __forceinline__ void store_out4(dtype_t* p, float4 acc, float lsum) {
-    const float inv = lsum > 0.f ? 1.f / lsum : 0.f;  // l = 0: empty sequence, o = 0
-    union { uint2 u; dtype_t e[4]; } pk;
-    pk.e[0] = from_f32<dtype_t>(acc.x * inv);
-    pk.e[1] = from_f32<dtype_t>(acc.y * inv);
-    pk.e[2] = from_f32<dtype_t>(acc.z * inv);
-    pk.e[3] = from_f32<dtype_t>(acc.w * inv);
-    *reinterpret_cast<uint2*>(p) = pk.u;
-}
-
 // Does any head's true max (over the block) leave [lo_abs, hi_abs]? Every warp computes it
 // from shared memory (lane i: head i / NUM_WARPS, warp i % NUM_WARPS), so no extra barrier.
 __device__ __forceinline__ bool is_block_out_of_window(const BlockSmem& sm, float lo_abs,
@@ -317,14 +269,6 @@ __device__ __forceinline__ bool is_block_out_of_window(const BlockSmem& sm, floa
         is_out |= is_used && !(mt >= lo_abs && mt <= hi_abs);
     }
     return __any_sync(0xffffffffu, is_out);
-}
-
-// Counter arrival: gpu-scope acq_rel (releases the block's partials, which __syncthreads made
-// visible to this thread; acquires the other splits' partials for the last one).
-__device__ __forceinline__ int arrive_acq_rel(int* p) {
-    int old;
-    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(p) : "memory");
-    return old;
 }
 
 template <bool ASYNC>
@@ -391,54 +335,6 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
         __syncthreads();
     }
 #endif
-    const size_t out_base = ((size_t)b * num_q_heads + head0) * HEAD_DIM;
-    if (num_active == 1) {  // one split (or a short sequence): no workspace, no merge
-        for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {
-            float M, lsum;
-            float4 acc;
-            merge_warps(sm, e / D4, e % D4, M, lsum, acc);
-            store_out4(out + out_base + 4 * e, acc, lsum);
-        }
-        return;
-    }
-    const size_t cell = (size_t)b * gridDim.y + hblk;  // (b, head block)
-    const size_t part_base = (cell * num_splits + split) * GROUP;
-    for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {
-        const int g = e / D4, d4 = e % D4;
-        float M, lsum;
-        float4 acc;
-        merge_warps(sm, g, d4, M, lsum, acc);
-        reinterpret_cast<float4*>(part_o + (part_base + g) * HEAD_DIM)[d4] = acc;
-        if (d4 == 0) part_ml[part_base + g] = make_float2(M, lsum);
-    }
-    // Publish the partials, then count this split in; the last one to arrive merges.
-    __syncthreads();
-    __shared__ int is_last;
-    if (threadIdx.x == 0) is_last = arrive_acq_rel(counters + cell) == num_active - 1;
-    __syncthreads();
-    if (!is_last) return;
-    const float4* po = reinterpret_cast<const float4*>(part_o + cell * num_splits * GROUP * HEAD_DIM);
-    const float2* pml = part_ml + cell * num_splits * GROUP;
-    for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {
-        const int g = e / D4, d4 = e % D4;
-        // One pass with a running max: the loads of 8 splits are independent and issue
-        // together (one L2 round trip per 8 splits instead of two passes).
-        float M = NEG_INF, lsum = 0.f;
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-        for (int s = 0; s < num_active; ++s) {
-            const float2 ml = __ldcg(pml + s * GROUP + g);
-            const float4 v = __ldcg(po + (s * GROUP + g) * D4 + d4);
-            const float M_new = fmaxf(M, ml.x);
-            const float a = merge_weight(M, M_new), wt = merge_weight(ml.x, M_new);
-            lsum = fmaf(wt, ml.y, lsum * a);
-            acc.x = fmaf(wt, v.x, acc.x * a);
-            acc.y = fmaf(wt, v.y, acc.y * a);
-            acc.z = fmaf(wt, v.z, acc.z * a);
-            acc.w = fmaf(wt, v.w, acc.w * a);
-            M = M_new;
-        }
-        store_out4(out + out_base + 4 * e, acc, lsum);
-    }
-    if (threadIdx.x == 0) counters[cell] = 0;  // ready for the next launch (graph replay)
+    finish_block(sm, out, part_o, part_ml, counters, num_q_heads, head0, b, hblk, split,
+                 num_splits, num_active);
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Decode attention: rawengine (sync, async) vs torch SDPA FLASH_ATTENTION, CUDA-graph timed.
+"""Decode attention: rawengine (sync, async, mma) vs torch SDPA FLASH_ATTENTION, graph-timed.
 
     PYTHONPATH=. python3 tools/bench_attention.py [--quick] [--sweep] [--out DIR]
 
@@ -7,7 +7,8 @@ fp16, head_dim 128, B x (Hq, Hkv) x L; cases whose K+V exceed 40 GB are skipped.
 paged cache (block_size 16, pages in shuffled order, tables read on the device); torch reads
 contiguous [B, Hkv, L, D] K/V with a [B, Hq, 1, D] query (enable_gqa). Both are timed as
 CUDA-graph replays of N >= 20 back-to-back calls, median of 7 replays; the K/V of small cases
-stays in L2 across the calls for both. GB/s counts K and V bytes once; '%copy' is against a
+stays in L2 across the calls for both. 'mma' is the sync variant on the tensor-core kernel
+(decode_attention_mma.cu, shape MMA_CONFIG or $RAWENGINE_MMA). GB/s (of the fastest) counts K and V bytes once; '%copy' is against a
 device-to-device copy measured in the same run (read + write counted).
 --sweep also times kernel shapes x variants and split counts around the plan on a few cases
 (tuning data); with SWEEP_SPLITS_ONLY=1 only split counts on three cases near torch.
@@ -210,35 +211,40 @@ def run_grid(cases, copy_bw, log):
         t_sync = time_cupy(p.fn("sync"), n)
         t_async = time_cupy(p.fn("async"), n)
         fired = int(ws.fallback_count.get()[0]) - fb0
-        alt = dict(attn.kernel_config(D, attn.head_group(hq, hkv), nbytes))
-        alt["prefetch"] = 1 - alt["prefetch"]
-        t_alt = time_cupy(p.fn("async", config=alt, num_splits=splits), n)
+        cfg_mma = dict(impl="mma", **MMA_CONFIG)
+        t_mma = time_cupy(p.fn("sync", config=cfg_mma), n)
         p.free()
-        best = min(t_sync, t_async)
+        best = min(t_sync, t_async, t_mma)
         row = dict(B=b, Hq=hq, Hkv=hkv, L=length, kv_mb=nbytes / 1e6, splits=splits,
-                   torch_us=t_torch, sync_us=t_sync, async_us=t_async,
-                   async_alt_us=t_alt, alt=f"prefetch={alt['prefetch']}",
-                   prefetch=1 - alt["prefetch"],
+                   torch_us=t_torch, sync_us=t_sync, async_us=t_async, mma_us=t_mma,
+                   mma_config=cfg_mma,
                    gbps=nbytes / best / 1e3, pct_copy=100 * nbytes / best / 1e-6 / copy_bw,
                    ratio_sync=t_torch / t_sync if t_torch else None,
                    ratio_async=t_torch / t_async if t_torch else None,
+                   ratio_mma=t_torch / t_mma if t_torch else None,
+                   ratio_best=t_torch / best if t_torch else None,
                    fallbacks=fired, secs=time.time() - t0)
         rows.append(row)
         log(fmt_row(row))
     return rows
 
 
-HEADER = ("|  B | Hq/Hkv |      L |  KV MB | S | torch us | sync us | async us | alt us |  GB/s "
-          "| %copy | x sync | x async |")
+HEADER = ("|  B | Hq/Hkv |      L |  KV MB | S | torch us | sync us | async us | mma us |  GB/s "
+          "| %copy | x sync | x async | x mma |")
+# tensor-core kernel shape for the 'mma' column (sync variant, decode_attention_mma.cu);
+# RAWENGINE_MMA="num_warps,tile,stages" overrides it (sweeps)
+MMA_CONFIG = dict(zip(("num_warps", "tile", "stages"),
+                      (int(v) for v in os.environ.get("RAWENGINE_MMA", "4,16,3").split(","))))
 
 
 def fmt_row(r):
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     return (f"| {r['B']:2d} | {r['Hq']}/{r['Hkv']:<3d} | {r['L']:6d} | {r['kv_mb']:6.0f} | "
             f"{r['splits']} | {f(r['torch_us'], '8.1f')} | {r['sync_us']:7.1f} | "
-            f"{r['async_us']:8.1f} | {r['async_alt_us']:6.1f} | {r['gbps']:5.0f} | "
+            f"{r['async_us']:8.1f} | {r['mma_us']:6.1f} | {r['gbps']:5.0f} | "
             f"{r['pct_copy']:5.1f} | "
-            f"{f(r['ratio_sync'], '6.2f')} | {f(r['ratio_async'], '7.2f')} |")
+            f"{f(r['ratio_sync'], '6.2f')} | {f(r['ratio_async'], '7.2f')} | "
+            f"{f(r['ratio_mma'], '5.2f')} |")
 
 
 def geomean(xs):
@@ -308,12 +314,12 @@ def main():
         result["rows"] = rows
         result["geomean_sync"] = geomean([r["ratio_sync"] for r in rows])
         result["geomean_async"] = geomean([r["ratio_async"] for r in rows])
-        table = [HEADER, "|" + "---|" * 13] + [fmt_row(r) for r in rows]
-        result["geomean_alt"] = geomean([r["torch_us"] / r["async_alt_us"] for r in rows
-                                         if r["torch_us"]])
+        table = [HEADER, "|" + "---|" * 14] + [fmt_row(r) for r in rows]
+        result["geomean_mma"] = geomean([r["ratio_mma"] for r in rows])
+        result["geomean_best"] = geomean([r["ratio_best"] for r in rows])
         table.append(f"geomean speedup vs torch: sync {result['geomean_sync']:.2f}x, "
-                     f"async {result['geomean_async']:.2f}x, alt {result['geomean_alt']:.2f}x"
-                     f" ('alt us': async with the L2 prefetch switched the other way)")
+                     f"async {result['geomean_async']:.2f}x, mma {result['geomean_mma']:.2f}x, "
+                     f"best of the three per shape {result['geomean_best']:.2f}x")
         with open(os.path.join(args.out, "bench_attention.md"), "w") as f:
             f.write("\n".join([f"{dev}; copy {copy_bw / 1e9:.0f} GB/s", ""] + table) + "\n")
     with open(os.path.join(args.out, "bench_attention.json"), "w") as f:

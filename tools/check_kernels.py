@@ -55,6 +55,20 @@ VARIANTS += [
     ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 8, "IS_ASYNC": 1, "PREFETCH": 0,
                              **_DECODE_BIG}),
 ]
+# the tensor-core decode kernel (impl 'mma', sync only): the tuned shape (4 warps, 16-token
+# tiles, 3 stages, 2 blocks/SM) over the groups and head dims the tests cover, and 32-token
+# tiles (which also build the 16-token short-chunk loop)
+_DECODE_MMA = {"NUM_WARPS": 4, "TILE": 16, "STAGES": 3, "MIN_BLOCKS": 2}
+VARIANTS += [
+    ("decode_attention_mma.cu", {"HEAD_DIM": 128, "GROUP": g, **_DECODE_MMA}) for g in (1, 4, 8)
+] + [
+    ("decode_attention_mma.cu", {"HEAD_DIM": 64, "GROUP": 3, **_DECODE_MMA}),
+    ("decode_attention_mma.cu", {"HEAD_DIM": 128, "GROUP": 4, **_DECODE_MMA, **BF16}),
+    ("decode_attention_mma.cu", {"HEAD_DIM": 128, "GROUP": 4, **_DECODE_MMA, "TILE": 32,
+                                 "STAGES": 2}),
+    ("decode_attention_mma.cu", {"HEAD_DIM": 64, "GROUP": 8, **_DECODE_MMA, "TILE": 32,
+                                 "STAGES": 4, **BF16}),
+]
 
 
 
@@ -63,19 +77,24 @@ def gemv_variants() -> list[tuple[str, dict]]:
     serves (MB = M <= 8), and the fused variants (rawengine/backends/cuda/gemm.py): the qkv
     RMSNorm prologue + RoPE/KV epilogue at M 1..8, the RMSNorm and SiLU-mul prologues at M 1..4
     (the fusion rule admits gate_up/down only there for the shipped shapes; prologue-only MB 7/8
-    builds spill 4-12 B at the 80-register cap and are never launched)."""
+    builds spill 4-12 B at the 80-register cap and are never launched); table entries with
+    STAGES build the cp.async weight ring, 'paired' entries the SiLU-mul epilogue."""
     table = json.loads((ROOT / "rawengine" / "tuning" / "NVIDIA_H100_80GB_HBM3.json").read_text())
-    cfgs = set()
+    cfgs = set()  # (M, rows, warps, unroll, stages, epilogue): 'paired' entries run EPILOGUE 2
     for entries in table["shapes"].values():
         lo = 1
         for e in entries:
             if e["impl"] == "gemv":
-                p = e["params"]
-                for m in range(lo, min(e["m_max"], 8) + 1):
-                    cfgs.add((m, p.get("rows", 2), p.get("warps", 4), p.get("unroll", 4)))
+                for p, epi in ((e["params"], 0), (e.get("paired"), 2)):
+                    if p is None:
+                        continue
+                    for m in range(lo, min(e["m_max"], 8) + 1):
+                        cfgs.add((m, p.get("rows", 2), p.get("warps", 4), p.get("unroll", 4),
+                                  p.get("stages", 0), epi))
             lo = e["m_max"] + 1
-    out = [("gemv.cu", {"MB": m, "ROWS": r, "WARPS": w, "UNROLL": u, "VEC": 8})
-           for m, r, w, u in sorted(cfgs)]
+    out = [("gemv.cu", {"MB": m, "ROWS": r, "WARPS": w, "UNROLL": u, "VEC": 8,
+                        **({"STAGES": st} if st else {}), **({"EPILOGUE": ep} if ep else {})})
+           for m, r, w, u, st, ep in sorted(cfgs)]
     small = {"ROWS": 2, "WARPS": 8, "UNROLL": 4, "VEC": 8}
     for m in range(1, 9):
         out.append(("gemv.cu", {"MB": m, **small, "PROLOGUE": 1, "PRO_RES": 1, "EPILOGUE": 1,

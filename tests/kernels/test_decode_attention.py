@@ -1,6 +1,8 @@
 """kernels_cu/decode_attention.cu vs the float32 NumPy reference (2x rule), NaN-poisoned
 outputs and unused KV slots, awkward lengths / head dims / GQA groups / page sizes, split vs
-single-split, async (unified max) vs sync under adversarial logits, CUDA-graph replay."""
+single-split, async (unified max) vs sync under adversarial logits, CUDA-graph replay.
+The tensor-core kernel (decode_attention_mma.cu, config impl='mma', sync only) runs the same
+reference, split, short-length and graph-replay checks."""
 
 from __future__ import annotations
 
@@ -112,6 +114,14 @@ def check(case, out, scale, floor, lens=None):
 
 
 FLOOR = {"fp16": 2e-4, "bf16": 2e-3}
+# The mma kernel rounds the probabilities p to fp16/bf16 before P V (as FlashAttention does)
+# and keeps scores, l and o in fp32. Case.reference(lowp=True) already rounds p (and the
+# scores, and the output) to the kernel dtype, so the same 2x rule and floors hold: no wider
+# tolerance is needed for bf16.
+MMA = dict(impl="mma")  # the tuned tensor-core shape
+IMPL_CONFIGS = {"cuda_core": None, "mma": MMA}
+# (variant, impl) pairs that exist: the tensor-core kernel is sync only
+VARIANT_IMPLS = [("sync", "cuda_core"), ("async", "cuda_core"), ("sync", "mma")]
 
 
 @pytest.mark.parametrize("d", [64, 128])
@@ -136,13 +146,86 @@ def test_matches_reference_bf16(d, hq, hkv, bs, variant):
     check(case, out, scale, FLOOR["bf16"])
 
 
+LENS_MMA = [1, 15, 17, 100, 1000]
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2), (8, 2), (32, 8), (32, 2)])  # G 1,3,4,4,16
+@pytest.mark.parametrize("bs", [1, 16])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_mma_matches_reference(d, hq, hkv, bs, dtype):
+    """Tensor-core kernel, planned split count: lengths around the 16-token tile."""
+    rng = np.random.default_rng([d, hq, hkv, bs, dtype == "bf16"])
+    case = Case(rng, LENS_MMA, hq, hkv, d, bs, dtype)
+    scale = d ** -0.5
+    out = case.run(scale, config=MMA)
+    check(case, out, scale, FLOOR[dtype])
+
+
+@pytest.mark.parametrize("cfg", [(4, 16, 3, 2), (4, 32, 2, 2), (2, 16, 2, 1), (8, 16, 2, 1),
+                                 (4, 16, 4, 1), (1, 32, 3, 2)])
+@pytest.mark.parametrize("d,hq,hkv", [(128, 32, 8), (64, 9, 3)])
+def test_mma_kernel_shapes(cfg, d, hq, hkv):
+    """Every (num_warps, tile, stages, min_blocks) of the tensor-core kernel is correct,
+    including the 16-token short-chunk loop of TILE 32 (the 1- and 97-token sequences)."""
+    nw, tile, stages, mb = cfg
+    rng = np.random.default_rng(19)
+    case = Case(rng, [4099, 97, 1, 1025], hq, hkv, d, 16, "fp16")
+    scale = d ** -0.5
+    out = case.run(scale, config=dict(impl="mma", num_warps=nw, tile=tile, stages=stages,
+                                      min_blocks=mb), num_splits=5)
+    check(case, out, scale, FLOOR["fp16"])
+
+
+def test_mma_matches_cuda_core():
+    """Same inputs, both kernels: agree to the rounding of p (fp16)."""
+    rng = np.random.default_rng(23)
+    case = Case(rng, [2049, 100, 17], 32, 8, 128, 16, "fp16")
+    scale = 128 ** -0.5
+    a = case.run(scale, num_splits=6, config=dict(impl="cuda_core"))
+    b = case.run(scale, num_splits=6, config=MMA)
+    assert np.abs(a - b).max() <= 2e-3
+
+
+def test_sync_picks_mma_only_for_small_gqa_steps(monkeypatch):
+    """The no-config rule (TUNING mma_min_group / mma_max_kv_mb): a launch counter on each
+    kernel shows which one ran."""
+    import rawengine.backends.cuda.attention as attn
+
+    ran = []
+    real = attn.kernel
+
+    def spy(file, name, defines):
+        ran.append(file)
+        return real(file, name, defines)
+
+    monkeypatch.setattr(attn, "kernel", spy)
+    rng = np.random.default_rng(31)
+    for (hq, hkv), lens, want in [((32, 8), [300], "decode_attention_mma.cu"),
+                                  ((8, 8), [300], "decode_attention.cu"),
+                                  ((32, 8), [12000], "decode_attention.cu")]:
+        case = Case(rng, lens, hq, hkv, 128, 16, "fp16")
+        ran.clear()
+        out = case.run(128 ** -0.5)
+        assert ran == [want], (hq, hkv, lens, ran)
+        check(case, out, 128 ** -0.5, FLOOR["fp16"])
+
+
+def test_mma_rejects_async():
+    rng = np.random.default_rng(29)
+    case = Case(rng, [17], 8, 2, 128, 16, "fp16")
+    with pytest.raises(ValueError, match="sync"):
+        case.run(128 ** -0.5, variant="async", phi=0.0, config=MMA)
+
+
+@pytest.mark.parametrize("impl", list(IMPL_CONFIGS))
 @pytest.mark.parametrize("splits", [2, 7, 64])
-def test_split_matches_single_split(splits):
+def test_split_matches_single_split(splits, impl):
     rng = np.random.default_rng(3)
     case = Case(rng, [4099, 1025, 1, 97], 32, 8, 128, 16, "fp16")
     scale = 128 ** -0.5
-    one = case.run(scale, num_splits=1)
-    many = case.run(scale, num_splits=splits)
+    one = case.run(scale, num_splits=1, config=IMPL_CONFIGS[impl])
+    many = case.run(scale, num_splits=splits, config=IMPL_CONFIGS[impl])
     check(case, one, scale, FLOOR["fp16"])
     check(case, many, scale, FLOOR["fp16"])
     assert np.abs(one - many).max() <= 2e-3
@@ -226,8 +309,8 @@ def test_async_window_forces_fallback():
     check(case, out, scale, FLOOR["fp16"])
 
 
-@pytest.mark.parametrize("variant", ["sync", "async"])
-def test_graph_replay_with_new_lengths(variant):
+@pytest.mark.parametrize("variant,impl", VARIANT_IMPLS)
+def test_graph_replay_with_new_lengths(variant, impl):
     """Captured once with a fixed split count; seq_lens change between replays."""
     rng = np.random.default_rng(9)
     case = Case(rng, [3000, 2999, 900, 2048], 32, 8, 128, 16, "fp16")
@@ -236,7 +319,8 @@ def test_graph_replay_with_new_lengths(variant):
     ws = get_workspace(4, 32, 8, 128, 12)
     out = cp.empty((4, 32 * 128), cp.float16)
     args = (case.q_dev, case.k_dev, case.v_dev, case.tables, case.seq_lens, scale)
-    kw = dict(max_seq_len=4096, variant=variant, phi=phi, workspace=ws, out=out, num_splits=12)
+    kw = dict(max_seq_len=4096, variant=variant, phi=phi, workspace=ws, out=out, num_splits=12,
+              config=IMPL_CONFIGS[impl])
     stream = cp.cuda.Stream(non_blocking=True)
     cp.cuda.Device().synchronize()  # inputs were written on the null stream
     with stream:
@@ -271,8 +355,8 @@ def test_kernel_shapes(cfg, variant):
 
 @pytest.mark.parametrize("min_chunk", [0, 48, 1 << 20])  # finest, off-grid rounding, 1 split
 @pytest.mark.parametrize("d,hq,hkv", [(128, 32, 8), (64, 9, 3)])
-@pytest.mark.parametrize("variant", ["sync", "async"])
-def test_short_lengths_in_capacity_graph(min_chunk, d, hq, hkv, variant):
+@pytest.mark.parametrize("variant,impl", VARIANT_IMPLS)
+def test_short_lengths_in_capacity_graph(min_chunk, d, hq, hkv, variant, impl):
     """Graph captured at capacity 8192 (32 splits), replayed with short real lengths: the
     device's chunk rule (min_chunk, unroll-1 chunks, one active split writing o directly)
     must stay exact, including chunks straddling STEP1 / STEP and the merge of 16+ splits."""
@@ -284,7 +368,7 @@ def test_short_lengths_in_capacity_graph(min_chunk, d, hq, hkv, variant):
     out = cp.empty((4, hq * d), cp.float16)
     args = (case.q_dev, case.k_dev, case.v_dev, case.tables, case.seq_lens, scale)
     kw = dict(max_seq_len=8192, variant=variant, phi=phi, workspace=ws, out=out, num_splits=32,
-              min_chunk=min_chunk)
+              min_chunk=min_chunk, config=IMPL_CONFIGS[impl])
     stream = cp.cuda.Stream(non_blocking=True)
     cp.cuda.Device().synchronize()  # inputs were written on the null stream
     with stream:

@@ -6,6 +6,12 @@ Two variants, one kernel file: 'sync' (Flash-Decoding: split-KV, running max, lo
 and 'async' (FlashDecoding++: one unified max phi per model, plain sums, exact fallback to the
 running max inside the kernel when a split's logits leave [phi + lo, phi + hi]).
 
+Two implementations of 'sync' (config["impl"]): 'cuda_core' (decode_attention.cu) and 'mma'
+(decode_attention_mma.cu: Q K^T and P V on tensor cores, same grid, chunk rule, workspace and
+counters). With no config, 'sync' runs 'mma' for GQA groups of >= 3 heads when the step's K/V
+is small (TUNING mma_min_group / mma_max_kv_mb: latency-bound steps, where it measured 10-15%
+faster on the H100) and 'cuda_core' elsewhere (DRAM-bound steps, where it is 5-9% faster).
+
 Plan once per step (`plan_decode`: splits from the bucket's batch and max length), run per
 layer (`decode_attention`). The workspace depends only on the plan, so it is allocated once per
 bucket (`get_workspace`) and is safe to reuse in CUDA-graph replays: the kernel leaves its
@@ -40,7 +46,18 @@ TUNING = {
                     fixed_us=3.0, merge_bytes_per_us=2.0e5, max_splits=128,
                     num_warps=8, unroll=4, unroll_async=3, num_warps_big_group=4,
                     unroll_big_group=2,
-                    prefetch_kv_mb=(24, 100), min_chunk={64: 128, 128: 0}),
+                    prefetch_kv_mb=(24, 100), min_chunk={64: 128, 128: 0},
+                    # tensor-core kernel (impl "mma"): UNMEASURED best guess, not yet swept on
+                    # the H100. 4 warps x 16-token tiles x 3 stages = 104 KB of cp.async ring at
+                    # D=128 (2 blocks/SM, 16 KB in flight per warp); see kernel_config().
+                    mma=dict(num_warps=4, tile=16, stages=3, min_blocks=2),
+                    # where 'sync' runs the tensor-core kernel unasked (decode_attention with
+                    # no config): a GQA group of >= mma_min_group heads and a step's K/V of
+                    # <= mma_max_kv_mb (H100, session 4 grid: mma 5.0 vs 5.7 us at B1 32/8 1k,
+                    # 8.9 vs 9.8 at 4k, 12.2 vs 14.3 at B8 1k; 5-9% slower from 67 MB up and
+                    # for MHA, where 15 of its 16 mma rows are padding)
+                    mma_min_group=3, mma_max_kv_mb=40,
+                    smem_per_sm=228 * 1024, smem_per_block_reserved=1024),
 }
 # min_chunk (per head_dim): least tokens per split, applied on the device to the real length
 # (the plan's S is sized for the bucket's capacity). 0 = finest (one unroll-1 block step:
@@ -59,15 +76,28 @@ def head_group(num_q_heads: int, num_kv_heads: int) -> int:
     return max(d for d in range(1, min(g, MAX_GROUP) + 1) if g % d == 0)
 
 
+IMPLS = ("cuda_core", "mma")
+
+
 def kernel_config(head_dim: int, group: int, kv_bytes: int = 0,
-                  tune: dict | None = None, is_async: bool = False) -> dict:
+                  tune: dict | None = None, is_async: bool = False,
+                  impl: str = "cuda_core") -> dict:
     """Kernel shape for a block of `group` query heads (G > 4 needs ~250 registers at
     UNROLL 2, so it runs 4-warp blocks). The L2 prefetch of the next tile pays only when the
     step's K/V is a few L2 sizes or less (24-100 MB measured on H100: +15% at 67 MB); when
     streaming GBs from DRAM it costs 2-4%. The async variant keeps one more live value per
     score and spills 8 B at UNROLL 4 under the 2-blocks/SM register cap, so it runs UNROLL 3
-    (tools/check_kernels.py fails on spills)."""
+    (tools/check_kernels.py fails on spills).
+    impl 'mma' (tensor cores, sync only): the tuned TUNING[...]["mma"] shape, the same for
+    every group <= 8 (registers do not grow with G; unmeasured default)."""
     t = tune or TUNING["default"]
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, not {impl!r}")
+    if impl == "mma":
+        if is_async:
+            raise ValueError("the tensor-core decode kernel (impl='mma') implements the 'sync' "
+                             "variant only; use impl='cuda_core' for 'async'")
+        return dict(impl="mma", **t["mma"])
     lo_mb, hi_mb = t["prefetch_kv_mb"]
     prefetch = int(lo_mb * 1e6 < kv_bytes <= hi_mb * 1e6)
     if group <= 4:
@@ -79,13 +109,53 @@ def kernel_config(head_dim: int, group: int, kv_bytes: int = 0,
 
 def tokens_per_step(head_dim: int, cfg: dict) -> int:
     """Tokens one block consumes per loop step (the chunk granularity)."""
+    if cfg.get("impl", "cuda_core") == "mma":
+        return cfg["tile"] * cfg["num_warps"]
     return (32 // (head_dim // 8)) * cfg["unroll"] * cfg["num_warps"]
+
+
+def mma_smem_bytes(head_dim: int, group: int, cfg: dict) -> int:
+    """Dynamic shared memory of decode_attention_mma.cu (its SMEM_BYTES; the kernel traps on
+    less): the per-warp cp.async rings (K and V tiles of `tile` rows, row stride D + 8
+    elements) or the BlockSmem that overlays them after the loop, whichever is larger."""
+    ring = cfg["num_warps"] * cfg["stages"] * 2 * cfg["tile"] * (head_dim + 8) * 2
+    block = cfg["num_warps"] * group * (head_dim + 3) * 4  # o, m, l, m_true floats
+    return max(ring, -(-block // 16) * 16)
+
+
+def _check_mma_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
+    """Validate an impl='mma' shape; returns its dynamic shared memory in bytes."""
+    nw, tile, stages = cfg["num_warps"], cfg["tile"], cfg["stages"]
+    if nw < 1 or nw > 32 or nw & (nw - 1) or tile not in (16, 32) or stages < 2:
+        raise ValueError(f"mma config needs num_warps a power of 2 <= 32, tile 16 or 32, "
+                         f"stages >= 2: {cfg}")
+    smem = mma_smem_bytes(head_dim, group, cfg)
+    if smem > tune["smem_per_sm"] - tune["smem_per_block_reserved"]:
+        raise ValueError(f"mma config {cfg} needs {smem} B of shared memory per block")
+    return smem
+
+
+def _blocks_per_sm(head_dim: int, group: int, cfg: dict, t: dict) -> int:
+    """Resident blocks per SM the plan assumes: registers (warps_per_sm at 128 registers) for
+    the CUDA-core kernel; also shared memory for the tensor-core one."""
+    by_regs = max(1, t["warps_per_sm"] // cfg["num_warps"])
+    if cfg.get("impl", "cuda_core") != "mma":
+        return by_regs
+    per_block = mma_smem_bytes(head_dim, group, cfg) + t["smem_per_block_reserved"]
+    return max(1, min(by_regs, t["smem_per_sm"] // per_block))
+
+
+def _config_tuple(cfg: dict) -> tuple:
+    """plan_decode's hashable config: (num_warps, unroll) or ('mma', num_warps, tile, stages)."""
+    if cfg.get("impl", "cuda_core") == "mma":
+        return ("mma", cfg["num_warps"], cfg["tile"], cfg["stages"])
+    return (cfg["num_warps"], cfg["unroll"])
 
 
 @functools.lru_cache(maxsize=4096)
 def plan_decode(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int, *,
                 group: int = 1, head_dim: int = 128, config: tuple | None = None,
-                tune_key: str = "default") -> int:
+                tune_key: str = "default", impl: str = "cuda_core") -> int:
     """Number of KV splits for a decode step of this bucket (fixed per captured graph).
 
     A cost model rather than a rule of thumb. Blocks run in waves of `slots` (resident blocks);
@@ -94,15 +164,22 @@ def plan_decode(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int, *
     read of S partial rows per (sequence, head block). The least modelled time wins; fewer
     splits win ties (2%). FA2's heuristic maximises wave efficiency only and FlashInfer's
     fills the SMs; this also prices latency-bound small grids, block overhead and the merge.
-    config: (num_warps, unroll) when not the tuned one."""
+    config: (num_warps, unroll) when not the tuned one, or ('mma', num_warps, tile, stages)
+    for the tensor-core kernel; impl='mma' without config: its tuned shape. The tensor-core
+    kernel uses the same cost model (its step is tile * num_warps tokens, its resident blocks
+    also limited by shared memory): not yet fitted to its own measurements."""
     t = TUNING[tune_key]
     g_blk = max(d for d in range(1, min(group, MAX_GROUP) + 1) if group % d == 0)
-    cfg = dict(zip(("num_warps", "unroll"), config)) if config else kernel_config(
-        head_dim, g_blk, tune=t)
+    if config and config[0] == "mma":
+        cfg = dict(zip(("impl", "num_warps", "tile", "stages"), config))
+    elif config:
+        cfg = dict(zip(("num_warps", "unroll"), config))
+    else:
+        cfg = kernel_config(head_dim, g_blk, tune=t, impl=impl)
     step = tokens_per_step(head_dim, cfg)
     units = batch * num_kv_heads * (group // g_blk)
     n_steps = cdiv(max(max_seq_len, 1), step)
-    slots = num_sms * max(1, t["warps_per_sm"] // cfg["num_warps"])
+    slots = num_sms * _blocks_per_sm(head_dim, g_blk, cfg, t)
     bytes_step = step * head_dim * 2 * 2  # K and V, 2-byte elements
     p = t["p"]
 
@@ -185,7 +262,11 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     window (lo, hi) around phi, default DEFAULT_WINDOW. Dtypes: float16, or bfloat16 as a
     'bfloat16' dtype or raw uint16 bits; out has q's dtype. num_splits / config override the
     plan and the tuned kernel shape (tests, tools/bench_attention.py); min_chunk overrides the
-    tuned least tokens per split (the device's chunk rule for short sequences)."""
+    tuned least tokens per split (the device's chunk rule for short sequences).
+    config["impl"]: 'cuda_core' (default) or 'mma' (tensor cores, decode_attention_mma.cu,
+    variant 'sync' only: 'async' raises ValueError); a partial mma config such as
+    dict(impl="mma", stages=4) takes the other keys (num_warps, tile, stages, min_blocks)
+    from the tuned TUNING["default"]["mma"]."""
     if variant not in ("sync", "async"):
         raise ValueError(f"variant must be 'sync' or 'async', not {variant!r}")
     if variant == "async" and phi is None:
@@ -214,11 +295,24 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     group = head_group(hq, hkv)
     y = hq // group
     kv_bytes = 2 * batch * hkv * int(max_seq_len) * d * k_cache.itemsize
-    cfg = config or kernel_config(d, group, kv_bytes, is_async=variant == "async")
+    is_async = variant == "async"
+    impl = (config or {}).get("impl", "cuda_core")
+    t = TUNING["default"]
+    if (config is None and not is_async and group >= t["mma_min_group"]
+            and kv_bytes <= t["mma_max_kv_mb"] * 1e6 and nb * hkv * bs < 1 << 32):
+        impl, config = "mma", {"impl": "mma"}  # short contexts: tensor cores (TUNING above)
+    if impl == "mma":  # the tuned shape, overridden by what config names
+        cfg = {**kernel_config(d, group, kv_bytes, is_async=is_async, impl="mma"), **config}
+        smem = _check_mma_config(d, group, cfg, TUNING["default"])
+        if nb * hkv * bs >= 1 << 32:  # the kernel's cache row index is 32-bit
+            raise ValueError(f"impl='mma' needs fewer than 2^32 cache rows, not {nb * hkv * bs}")
+    else:
+        if impl != "cuda_core":
+            raise ValueError(f"config impl must be one of {IMPLS}, not {impl!r}")
+        cfg = {**kernel_config(d, group, kv_bytes, is_async=is_async), **(config or {})}
     if num_splits is None:
         num_splits = plan_decode(batch, hkv, int(max_seq_len), num_sms(cp.cuda.Device().id),
-                                 group=hq // hkv, head_dim=d,
-                                 config=(cfg["num_warps"], cfg["unroll"]))
+                                 group=hq // hkv, head_dim=d, config=_config_tuple(cfg))
     ws = workspace or get_workspace(batch, hq, hkv, d, num_splits)
     if not ws.fits(batch, hq, d, num_splits, y):
         raise ValueError("workspace too small for this batch / split count")
@@ -227,21 +321,30 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     elif out.shape != (batch, hq * d) or out.dtype != q.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a contiguous {(batch, hq * d)} array of {q.dtype}")
 
-    is_async = variant == "async"
     lo, hi = window or DEFAULT_WINDOW
     if min_chunk is None:
         min_chunk = TUNING["default"]["min_chunk"][d]
-    defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"], UNROLL=cfg["unroll"],
-                   IS_ASYNC=int(is_async), PREFETCH=int(cfg.get("prefetch", 0)),
-                   MIN_BLOCKS=cfg.get("min_blocks", max(1, 16 // cfg["num_warps"]) if group <= 4
-                                      else 1))
+    if impl == "mma":
+        defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"], TILE=cfg["tile"],
+                       STAGES=cfg["stages"], MIN_BLOCKS=cfg.get("min_blocks", 2))
+        name = ("decode_attention_mma.cu", "decode_attention_mma_kernel")
+    else:
+        smem = 0
+        defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"],
+                       UNROLL=cfg["unroll"], IS_ASYNC=int(is_async),
+                       PREFETCH=int(cfg.get("prefetch", 0)),
+                       MIN_BLOCKS=cfg.get("min_blocks", max(1, 16 // cfg["num_warps"])
+                                          if group <= 4 else 1))
+        name = ("decode_attention.cu", "decode_attention_kernel")
     if _is_bf16(q):
         defines["DTYPE_BF16"] = 1
-    fn = kernel("decode_attention.cu", "decode_attention_kernel", defines)
+    fn = kernel(*name, defines)
+    if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
+        fn.max_dynamic_shared_size_bytes = smem
     fn((num_splits, y, batch), (cfg["num_warps"] * 32,),
        (q, k_cache, v_cache, block_tables, seq_lens, out, ws.part_o, ws.part_ml, ws.counters,
         ws.fallback_count, np.int32(hq), np.int32(hkv), np.int32(block_tables.shape[1]),
         np.int32(bs.bit_length() - 1), np.float32(scale * LOG2E),
         np.float32((phi or 0.0) * LOG2E), np.float32(lo * LOG2E), np.float32(hi * LOG2E),
-        np.int32(min_chunk)))
+        np.int32(min_chunk)), shared_mem=smem)
     return out
