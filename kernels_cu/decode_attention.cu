@@ -301,11 +301,10 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
     const int head0 = hblk * GROUP;  // first query head of this block
     const int kv_head = head0 / (num_q_heads / num_kv_heads);
     const int len = seq_lens[b];
-    int chunk = max(cdiv(max(len, 1), num_splits), min_chunk);
-    chunk = chunk <= STEP ? cdiv(chunk, STEP1) * STEP1 : cdiv(chunk, STEP) * STEP;
-    const int num_active = max(1, cdiv(len, chunk));
-    if (split >= num_active) return;  // empty split: writes nothing, the merge skips it
-    const int start = split * chunk, end = min(len, start + chunk);
+    int start, end, num_active;
+    // an empty split writes nothing, the merge skips it
+    if (!split_range<STEP, STEP1>(len, num_splits, split, min_chunk, start, end, num_active))
+        return;
 
     __shared__ BlockSmem sm;
     const int dvec = (threadIdx.x & 31) % LANES_PER_TOK;

@@ -24,6 +24,21 @@ constexpr int NUM_THREADS = NUM_WARPS * 32;
 constexpr int D4 = HEAD_DIM / 4;  // float4s per head row
 
 // 2^x; ex2.approx gives 2^-inf = +0, which masked keys rely on.
+// The split's token range [start, end) under the device-side chunk rule both decode kernels
+// share (see decode_attention.cu): c = max(cdiv(len, S), min_chunk), rounded up to STEP1_ when
+// c <= STEP_ else to STEP_; num_active = cdiv(len, chunk) (>= 1). Returns false for an empty
+// split. STEP_ / STEP1_ are template constants so the roundings stay constant divisions.
+template <int STEP_, int STEP1_>
+__device__ __forceinline__ bool split_range(int len, int num_splits, int split, int min_chunk,
+                                            int& start, int& end, int& num_active) {
+    int chunk = max(cdiv(max(len, 1), num_splits), min_chunk);
+    chunk = chunk <= STEP_ ? cdiv(chunk, STEP1_) * STEP1_ : cdiv(chunk, STEP_) * STEP_;
+    num_active = max(1, cdiv(len, chunk));
+    start = split * chunk;
+    end = min(len, start + chunk);
+    return split < num_active;
+}
+
 __device__ __forceinline__ float exp2_approx(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

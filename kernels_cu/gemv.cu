@@ -390,16 +390,16 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     };
 #pragma unroll
     for (int b = 0; b < STAGES - 1; ++b) issue(b);
-#elif RE_PDL_EARLY
+#else
     Raw wv[UNROLL][ROWS];
+#endif
+#if !STAGES && RE_PDL_EARLY
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
         const int k = kk0 + u * 32 * VEC;
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) wv[u][r] = k < kc ? load_stream(wrow[r] + k) : zero_raw();
     }
-#else
-    Raw wv[UNROLL][ROWS];
 #endif
     RE_PDL_WAIT();
     RE_PDL_TRIGGER();
