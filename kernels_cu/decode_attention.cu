@@ -49,6 +49,10 @@
 //    No host round trip: graph-capturable. Saves the per-tile warp max and rescale: measured
 //    0-2% faster than 0 on H100 (memory-bound), more where latency-bound; phi and the window
 //    come from tools/calibrate_softmax.py.
+// Programmatic launch: the kernel reads seq_lens, block_tables and the keys before len - 1
+// ahead of its PDL wait (each warp's first step, when it holds only such keys), so the kernel
+// it follows may write q and key len - 1 only: true of a decode step, whose inputs are copied
+// in before the graph replay and whose K/V write is the newest key.
 // Defines: HEAD_DIM (64 | 128), GROUP (1..8), NUM_WARPS, UNROLL, IS_ASYNC, DTYPE_BF16,
 // PREFETCH (1: L2-prefetch each warp's next tile while computing the current one),
 // MIN_BLOCKS (launch bound: 16 warps / NUM_WARPS keeps G <= 4 at 128 registers).
@@ -108,14 +112,18 @@ __device__ __forceinline__ void unpack8(const uint4& u, float f[VEC]) {
 // m is warp-uniform; l and o are folded over the warp's token groups before returning.
 // ASYNC: m = phi fixed, m_true = true max of the scores seen (per head).
 // U: K and V loads in flight per warp step (UNROLL, or 1 for short chunks).
-template <bool ASYNC, int U>
-__device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
+// wait_fn() runs the PDL wait and fills qf: the warp's first step goes out before it when all
+// its keys are older than `newest` (the key the previous kernel writes), so under programmatic
+// launch its page lookups and DRAM reads overlap the previous kernel's tail.
+template <bool ASYNC, int U, typename WaitFn>
+__device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], WaitFn wait_fn,
                                              const dtype_t* __restrict__ k_cache,
                                              const dtype_t* __restrict__ v_cache,
                                              const int* __restrict__ bt, int kv_head,
                                              int num_kv_heads, int log2_bs, int start, int end,
-                                             float phi, float (&m)[GROUP], float (&l)[GROUP],
-                                             float (&o)[GROUP][VEC], float (&m_true)[GROUP]) {
+                                             int newest, float phi, float (&m)[GROUP],
+                                             float (&l)[GROUP], float (&o)[GROUP][VEC],
+                                             float (&m_true)[GROUP]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / LANES_PER_TOK, dvec = lane % LANES_PER_TOK;
     const int bs_mask = (1 << log2_bs) - 1;
@@ -128,9 +136,8 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
 #pragma unroll
         for (int i = 0; i < VEC; ++i) o[g][i] = 0.f;
     }
-    // t0 is warp-uniform, so full-mask shuffles below are safe; token t0 itself is valid.
-    for (int t0 = start + warp * TILE_U; t0 < end; t0 += STEP_U) {
-        uint4 kr[U], vr[U];
+    uint4 kr[U], vr[U];
+    auto load_step = [&](int t0) {  // K and V of the warp step at t0 into kr, vr
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int tok = t0 + u * TOK_PER_LOAD + sub;
@@ -143,6 +150,10 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
                 vr[u] = load_stream(v_cache + off);
             }
         }
+    };
+    // One warp step on kr, vr. t0 is warp-uniform, so full-mask shuffles are safe; token t0
+    // itself is valid.
+    auto compute_step = [&](int t0) {
 #if PREFETCH
         // Pull this warp's next tile into L2 while this one computes: doubles the bytes in
         // flight per warp without holding registers. One 128-byte line per lane at U = 4.
@@ -217,6 +228,19 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC],
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) o[g][i] = fmaf(s[u][g], vf[i], o[g][i]);
         }
+    };
+    // The first step is peeled (kr, vr are not loop-carried: no extra live registers).
+    int t0 = start + warp * TILE_U;  // warp-uniform
+    const bool is_early = t0 < end && min(t0 + TILE_U, end) <= newest;
+    if (is_early) load_step(t0);
+    wait_fn();
+    if (t0 < end) {
+        if (!is_early) load_step(t0);
+        compute_step(t0);
+    }
+    for (t0 += STEP_U; t0 < end; t0 += STEP_U) {
+        load_step(t0);
+        compute_step(t0);
     }
     // Token groups of the warp share m (warp-wide max, or phi): their l and o just add up.
 #pragma unroll
@@ -271,20 +295,21 @@ __device__ __forceinline__ bool is_block_out_of_window(const BlockSmem& sm, floa
     return __any_sync(0xffffffffu, is_out);
 }
 
-template <bool ASYNC>
-__device__ __forceinline__ void attend_any(const float (&qf)[GROUP][VEC],
+template <bool ASYNC, typename WaitFn>
+__device__ __forceinline__ void attend_any(const float (&qf)[GROUP][VEC], WaitFn wait_fn,
                                            const dtype_t* __restrict__ k_cache,
                                            const dtype_t* __restrict__ v_cache,
                                            const int* __restrict__ bt, int kv_head,
                                            int num_kv_heads, int log2_bs, int start, int end,
-                                           float phi, float (&m)[GROUP], float (&l)[GROUP],
-                                           float (&o)[GROUP][VEC], float (&m_true)[GROUP]) {
+                                           int newest, float phi, float (&m)[GROUP],
+                                           float (&l)[GROUP], float (&o)[GROUP][VEC],
+                                           float (&m_true)[GROUP]) {
     if (end - start <= STEP1)  // block-uniform
-        attend_chunk<ASYNC, 1>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs, start,
-                               end, phi, m, l, o, m_true);
+        attend_chunk<ASYNC, 1>(qf, wait_fn, k_cache, v_cache, bt, kv_head, num_kv_heads,
+                               log2_bs, start, end, newest, phi, m, l, o, m_true);
     else
-        attend_chunk<ASYNC, UNROLL>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs,
-                                    start, end, phi, m, l, o, m_true);
+        attend_chunk<ASYNC, UNROLL>(qf, wait_fn, k_cache, v_cache, bt, kv_head, num_kv_heads,
+                                    log2_bs, start, end, newest, phi, m, l, o, m_true);
 }
 
 extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS)
@@ -295,11 +320,11 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
                         int* __restrict__ counters, int* __restrict__ fallback_count,
                         int num_q_heads, int num_kv_heads, int max_blocks, int log2_bs,
                         float scale_log2, float phi, float lo, float hi, int min_chunk) {
-    RE_PDL_WAIT();
-    RE_PDL_TRIGGER();
     const int split = blockIdx.x, num_splits = gridDim.x, hblk = blockIdx.y, b = blockIdx.z;
     const int head0 = hblk * GROUP;  // first query head of this block
     const int kv_head = head0 / (num_q_heads / num_kv_heads);
+    // Read before the PDL wait: seq_lens, block_tables and the keys before len - 1 are step
+    // inputs or earlier steps' writes; only q and key len - 1 come from the previous kernel.
     const int len = seq_lens[b];
     int start, end, num_active;
     // an empty split writes nothing, the merge skips it
@@ -309,26 +334,30 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
     __shared__ BlockSmem sm;
     const int dvec = (threadIdx.x & 31) % LANES_PER_TOK;
     float qf[GROUP][VEC];
+    auto wait_and_load_q = [&]() {  // run by attend_chunk once its first safe loads are out
+        RE_PDL_WAIT();
+        RE_PDL_TRIGGER();
 #pragma unroll
-    for (int g = 0; g < GROUP; ++g) {
-        unpack8(*reinterpret_cast<const uint4*>(q + ((size_t)b * num_q_heads + head0 + g) * HEAD_DIM +
-                                                dvec * VEC),
-                qf[g]);
+        for (int g = 0; g < GROUP; ++g) {
+            unpack8(*reinterpret_cast<const uint4*>(
+                        q + ((size_t)b * num_q_heads + head0 + g) * HEAD_DIM + dvec * VEC),
+                    qf[g]);
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) qf[g][i] *= scale_log2;  // scores come out in log2 units
-    }
+            for (int i = 0; i < VEC; ++i) qf[g][i] *= scale_log2;  // scores in log2 units
+        }
+    };
     const int* bt = block_tables + (size_t)b * max_blocks;
     float m[GROUP], l[GROUP], o[GROUP][VEC], m_true[GROUP];
-    attend_any<IS_ASYNC != 0>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs, start,
-                              end, phi, m, l, o, m_true);
+    attend_any<IS_ASYNC != 0>(qf, wait_and_load_q, k_cache, v_cache, bt, kv_head, num_kv_heads,
+                              log2_bs, start, end, len - 1, phi, m, l, o, m_true);
     stash_warp(sm, m, l, o, m_true);
     __syncthreads();
 #if IS_ASYNC
     if (start < end && is_block_out_of_window(sm, phi + lo, phi + hi)) {  // block-uniform
         // exactness fallback: recompute with a running max
         if (threadIdx.x == 0) atomicAdd(fallback_count, 1);
-        attend_any<false>(qf, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs, start, end,
-                          phi, m, l, o, m_true);
+        attend_any<false>(qf, [] {}, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs,
+                          start, end, len - 1, phi, m, l, o, m_true);
         __syncthreads();  // every warp has read sm.m_true
         stash_warp(sm, m, l, o, m_true);
         __syncthreads();

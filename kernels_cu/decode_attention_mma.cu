@@ -59,6 +59,11 @@
 // simplicity wins over packing two token groups into the rows.
 // P is rounded to dtype_t before P V (as FlashAttention-2); scores, l and o stay fp32.
 //
+// Programmatic launch: the kernel reads seq_lens, block_tables and the keys before len - 1
+// ahead of its PDL wait (the first ring tiles holding only such keys go out before it), so
+// the kernel it follows may write q and key len - 1 only: true of a decode step, whose inputs
+// are copied in before the graph replay and whose K/V write is the newest key.
+//
 // Defines: HEAD_DIM (64 | 128), GROUP (1..8), NUM_WARPS, TILE (tokens per warp step, 16 or
 // 32), STAGES (cp.async ring depth, >= 2), MIN_BLOCKS (launch bound), DTYPE_BF16.
 // Shared memory: max(NUM_WARPS * STAGES * 2 * TILE * (D + 8) * 2 B, sizeof(BlockSmem)),
@@ -80,6 +85,9 @@
 #endif
 #ifndef STAGES
 #define STAGES 3
+#endif
+#ifndef L2_256
+#define L2_256 0  // 1: K/V copies ask the L2 for whole 256-byte blocks (.L2::256B)
 #endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 2  // resident blocks per SM to guarantee (caps registers at 255)
@@ -115,15 +123,19 @@ __device__ __forceinline__ float sum2(unsigned u) {
 
 // Softmax state of this warp over its TT-token tiles of [start, end), rows g of the fragment:
 // m (log2 units, equal over the quad), l (summed over the quad before returning), o[i][0..1]
-// = head g, dims 8i + 2t, +1 (unnormalised). qa: the Q A fragments (scores come out unscaled).
-template <int TT>
-__device__ __forceinline__ void attend_chunk_mma(const unsigned (&qa)[KSTEPS][4], dtype_t* ring,
+// = head g, dims 8i + 2t, +1 (unnormalised). qa: the Q A fragments (scores come out unscaled),
+// filled by wait_and_load_q(), which runs the PDL wait: the first ring tiles whose keys are all
+// older than `newest` (the key the previous kernel writes) are issued before it, so under
+// programmatic launch their page lookups and DRAM reads overlap the previous kernel's tail.
+template <int TT, typename WaitFn>
+__device__ __forceinline__ void attend_chunk_mma(unsigned (&qa)[KSTEPS][4], WaitFn wait_and_load_q,
+                                                 dtype_t* ring,
                                                  const dtype_t* __restrict__ k_cache,
                                                  const dtype_t* __restrict__ v_cache,
                                                  const int* __restrict__ bt, int kv_head,
                                                  int num_kv_heads, int log2_bs, int start,
-                                                 int end, float scale_log2, float& m, float& l,
-                                                 float (&o)[NT][4]) {
+                                                 int end, int newest, float scale_log2, float& m,
+                                                 float& l, float (&o)[NT][4]) {
     constexpr int NJ = TT / 8;                 // n8 tiles of S per step
     constexpr int STEP_TT = TT * NUM_WARPS;
     constexpr int ROWS_PER_COPY = 32 / CH;     // token rows one warp-wide 16-byte copy covers
@@ -164,16 +176,25 @@ __device__ __forceinline__ void attend_chunk_mma(const unsigned (&qa)[KSTEPS][4]
                 const unsigned rr = __shfl_sync(0xffffffffu, row, r);
                 const bool ok = t0 + r < end;
                 const size_t off = (size_t)rr * HEAD_DIM + ch * 8;
+#if L2_256
+                cp_async16_l2_256(ks + r * LDS + ch * 8, k_cache + off, ok);
+                cp_async16_l2_256(vs + r * LDS + ch * 8, v_cache + off, ok);
+#else
                 cp_async16(ks + r * LDS + ch * 8, k_cache + off, ok);
                 cp_async16(vs + r * LDS + ch * 8, v_cache + off, ok);
+#endif
             }
         }
         cp_async_commit();
         ++i_issue;
         slot_issue = slot_issue + 1 == STAGES ? 0 : slot_issue + 1;
     };
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) issue_next();
+    // tiles of keys < newest only (warp-uniform test), then the wait, then the rest
+    while (i_issue < STAGES - 1 && i_issue < n_tiles &&
+           min(first + i_issue * STEP_TT + TT, end) <= newest)
+        issue_next();
+    wait_and_load_q();
+    while (i_issue < STAGES - 1) issue_next();
 
     int slot = 0;
     for (int i = 0; i < n_tiles; ++i) {
@@ -259,11 +280,11 @@ decode_attention_mma_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
                             int* __restrict__ fallback_count, int num_q_heads, int num_kv_heads,
                             int max_blocks, int log2_bs, float scale_log2, float phi, float lo,
                             float hi, int min_chunk) {
-    RE_PDL_WAIT();
-    RE_PDL_TRIGGER();
     const int split = blockIdx.x, num_splits = gridDim.x, hblk = blockIdx.y, b = blockIdx.z;
     const int head0 = hblk * GROUP;  // first query head of this block
     const int kv_head = head0 / (num_q_heads / num_kv_heads);
+    // Read before the PDL wait: seq_lens, block_tables and the keys before len - 1 are step
+    // inputs or earlier steps' writes; only q and key len - 1 come from the previous kernel.
     const int len = seq_lens[b];
     int start, end, num_active;
     // an empty split writes nothing, the merge skips it
@@ -278,9 +299,12 @@ decode_attention_mma_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
 
-    // Q as A fragments: row g = head head0 + g (zero for g >= GROUP), rows g + 8 zero
+    // Q as A fragments: row g = head head0 + g (zero for g >= GROUP), rows g + 8 zero; loaded
+    // after the PDL wait, which attend_chunk_mma runs once its first safe tiles are in flight
     unsigned qa[KSTEPS][4];
-    {
+    auto wait_and_load_q = [&]() {
+        RE_PDL_WAIT();
+        RE_PDL_TRIGGER();
         const bool has_head = g < GROUP;
         const unsigned* qh = reinterpret_cast<const unsigned*>(
             q + ((size_t)b * num_q_heads + head0 + (has_head ? g : 0)) * HEAD_DIM + 2 * t);
@@ -291,20 +315,22 @@ decode_attention_mma_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
             qa[kk][2] = has_head ? qh[8 * kk + 4] : 0u;  // dims 16kk + 8 + 2t, +1
             qa[kk][3] = 0u;
         }
-    }
+    };
     dtype_t* ring = reinterpret_cast<dtype_t*>(smem_raw) + warp * (STAGES * SLOT);
     const int* bt = block_tables + (size_t)b * max_blocks;
     float m, l, o[NT][4];
     if constexpr (TILE == TILE1) {
-        attend_chunk_mma<TILE>(qa, ring, k_cache, v_cache, bt, kv_head, num_kv_heads, log2_bs,
-                               start, end, scale_log2, m, l, o);
+        attend_chunk_mma<TILE>(qa, wait_and_load_q, ring, k_cache, v_cache, bt, kv_head,
+                               num_kv_heads, log2_bs, start, end, len - 1, scale_log2, m, l, o);
     } else {
         if (end - start <= STEP1)  // block-uniform
-            attend_chunk_mma<TILE1>(qa, ring, k_cache, v_cache, bt, kv_head, num_kv_heads,
-                                    log2_bs, start, end, scale_log2, m, l, o);
+            attend_chunk_mma<TILE1>(qa, wait_and_load_q, ring, k_cache, v_cache, bt, kv_head,
+                                    num_kv_heads, log2_bs, start, end, len - 1, scale_log2, m,
+                                    l, o);
         else
-            attend_chunk_mma<TILE>(qa, ring, k_cache, v_cache, bt, kv_head, num_kv_heads,
-                                   log2_bs, start, end, scale_log2, m, l, o);
+            attend_chunk_mma<TILE>(qa, wait_and_load_q, ring, k_cache, v_cache, bt, kv_head,
+                                   num_kv_heads, log2_bs, start, end, len - 1, scale_log2, m,
+                                   l, o);
     }
     __syncthreads();  // every warp is done with its ring: BlockSmem overlays the rings
     BlockSmem& sm = *reinterpret_cast<BlockSmem*>(smem_raw);

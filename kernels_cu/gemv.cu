@@ -172,9 +172,15 @@ __device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias,
 #if PROLOGUE == 1
 // x, pro_res [M, K] -> xs [MB, k_chunk] = rmsnorm(r)[m0:m0+MB, k0:k0+k_chunk], r = x (+ pro_res);
 // zero beyond M and K. Block (0, 0, z) writes r_out[m0:m0+mb, :] = r.
+// nw0: this thread's first piece of norm_w in pass 2 (norm_w_first), loaded before the PDL wait.
+__device__ __forceinline__ Raw norm_w_first(const T* __restrict__ norm_w, int k0, int kc,
+                                            int k_chunk) {
+    const int i = threadIdx.x * VEC, kk = i % k_chunk;
+    return i < MB * k_chunk && kk < kc ? load_plain(norm_w + k0 + kk) : zero_raw();
+}
 __device__ __forceinline__ void stage_add_rmsnorm(T* xs, const T* __restrict__ x,
                                                   const T* __restrict__ pro_res,
-                                                  const T* __restrict__ norm_w,
+                                                  const T* __restrict__ norm_w, Raw nw0,
                                                   T* __restrict__ r_out, float eps, int m0,
                                                   int mb, int K, int k0, int kc, int k_chunk) {
     __shared__ float s_sum[WARPS][MB];
@@ -223,7 +229,7 @@ __device__ __forceinline__ void stage_add_rmsnorm(T* xs, const T* __restrict__ x
         if (m < mb && kk < kc) {
             float f[VEC], g[VEC];
             unpack(*reinterpret_cast<const Raw*>(xs + i), f);
-            unpack(load_plain(norm_w + k0 + kk), g);
+            unpack(i == tid * VEC ? nw0 : load_plain(norm_w + k0 + kk), g);
             const float inv_rms = s_inv_rms[m];
 #pragma unroll
             for (int j = 0; j < VEC; ++j) f[j] = f[j] * inv_rms * g[j];
@@ -269,13 +275,31 @@ __device__ __forceinline__ int rope_row(int n) {
     const int j = n % HEAD_DIM;
     return n - j + (j >> 1) + (j & 1) * HALF_D;
 }
+// What the store of pair (mm, n) reads besides the product: cos, sin at positions[mm] (q and k
+// heads) and slot_mapping[mm] (k and v heads). All are step inputs or constants, so a lane's
+// first pair loads them before the PDL wait (rope_aux in the kernel, passed to rope_store).
+struct RopeAux {
+    float c, s;
+    int slot;
+};
+__device__ __forceinline__ RopeAux rope_aux(int mm, int n, const int* __restrict__ positions,
+                                            const int* __restrict__ slot_mapping,
+                                            const float* __restrict__ cos_table,
+                                            const float* __restrict__ sin_table,
+                                            int num_q_heads, int num_kv_heads) {
+    const int head = n / HEAD_DIM, i = (n % HEAD_DIM) >> 1;
+    RopeAux a{1.f, 0.f, -1};
+    if (head < num_q_heads + num_kv_heads) {
+        const long long p = positions[mm];
+        a.c = cos_table[p * HALF_D + i];
+        a.s = sin_table[p * HALF_D + i];
+    }
+    if (head >= num_q_heads) a.slot = slot_mapping[mm];
+    return a;
+}
 // logical rows n (even), n + 1 of token mm: bias, round, rotate (q, k), store (q, k/v cache)
-__device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n,
+__device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n, RopeAux aux,
                                            const T* __restrict__ bias, T* __restrict__ q_out,
-                                           const int* __restrict__ positions,
-                                           const int* __restrict__ slot_mapping,
-                                           const float* __restrict__ cos_table,
-                                           const float* __restrict__ sin_table,
                                            T* __restrict__ k_cache, T* __restrict__ v_cache,
                                            int num_q_heads, int num_kv_heads, int block_size) {
     const int head = n / HEAD_DIM, i = (n % HEAD_DIM) >> 1;
@@ -290,7 +314,7 @@ __device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n,
     if (head < num_q_heads) {
         dst = q_out + ((size_t)mm * num_q_heads + head) * HEAD_DIM;
     } else {
-        const int slot = slot_mapping[mm];
+        const int slot = aux.slot;
         if (slot < 0) return;
         const bool is_v = head >= num_q_heads + num_kv_heads;
         const int kvh = head - num_q_heads - (is_v ? num_kv_heads : 0);
@@ -299,8 +323,7 @@ __device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n,
         rotate = !is_v;
     }
     if (rotate) {
-        const long long p = positions[mm];
-        const float c = cos_table[p * HALF_D + i], s = sin_table[p * HALF_D + i];
+        const float c = aux.c, s = aux.s;
         const float a = v0, b = v1;
         v0 = a * c - b * s;
         v1 = b * c + a * s;
@@ -313,9 +336,9 @@ __device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n,
         const float* __restrict__ cos_table, const float* __restrict__ sin_table,             \
         T* __restrict__ k_cache, T* __restrict__ v_cache, int num_q_heads, int num_kv_heads,  \
         int block_size
-#define ROPE_ARGS \
-    bias, y, positions, slot_mapping, cos_table, sin_table, k_cache, v_cache, num_q_heads, \
-        num_kv_heads, block_size
+#define ROPE_ARGS bias, y, k_cache, v_cache, num_q_heads, num_kv_heads, block_size
+#define ROPE_AUX(mm, n) \
+    rope_aux(mm, n, positions, slot_mapping, cos_table, sin_table, num_q_heads, num_kv_heads)
 #elif EPILOGUE == 2
 #if ROWS % 2 != 0 || HAS_RES || HAS_BIAS
 #error "EPILOGUE 2 needs an even ROWS, no HAS_BIAS and no HAS_RES"
@@ -336,10 +359,10 @@ __device__ __forceinline__ void swiglu_store(float g, float u, int mm, int n, T*
 // Paired epilogues (1, 2): the physical row behind logical row n, and the store of a pair
 #if EPILOGUE == 1
 #define PAIR_ROW(n) rope_row(n)
-#define PAIR_STORE(v0, v1, mm, n) rope_store(v0, v1, mm, n, ROPE_ARGS)
+#define PAIR_STORE(v0, v1, mm, n, aux) rope_store(v0, v1, mm, n, aux, ROPE_ARGS)
 #elif EPILOGUE == 2
 #define PAIR_ROW(n) swiglu_row(n, N)
-#define PAIR_STORE(v0, v1, mm, n) swiglu_store(v0, v1, mm, n, y, N)
+#define PAIR_STORE(v0, v1, mm, n, aux) swiglu_store(v0, v1, mm, n, y, N)
 #endif
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
@@ -401,11 +424,26 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         for (int r = 0; r < ROWS; ++r) wv[u][r] = k < kc ? load_stream(wrow[r] + k) : zero_raw();
     }
 #endif
+    // Also ahead of the wait: norm_w (a weight) and the RoPE store's step inputs of this lane's
+    // first pair (pair index pr * MB + m == lane), so no dependent load chain follows the wait.
+#if PROLOGUE == 1
+    const Raw nw0 = norm_w_first(norm_w, k0, kc, k_chunk);
+#endif
+#if EPILOGUE == 1
+    RopeAux aux0{1.f, 0.f, -1};
+    if (split == 1 && lane < ROWS / 2 * MB) {
+        const int pr = lane / MB, m = lane % MB, n = n_base + 2 * pr;
+        if (n < N && m < mb) aux0 = ROPE_AUX(m0 + m, n);
+    }
+#define AUX_OF(idx, mm, n) ((idx) < 32 ? aux0 : ROPE_AUX(mm, n))
+#else
+#define AUX_OF(idx, mm, n) 0
+#endif
     RE_PDL_WAIT();
     RE_PDL_TRIGGER();
 
 #if PROLOGUE == 1
-    stage_add_rmsnorm(xs, x, pro_res, norm_w, r_out, eps, m0, mb, K, k0, kc, k_chunk);
+    stage_add_rmsnorm(xs, x, pro_res, norm_w, nw0, r_out, eps, m0, mb, K, k0, kc, k_chunk);
 #elif PROLOGUE == 2
     stage_silu_mul(xs, x, m0, mb, K, k0, kc, k_chunk);
 #else
@@ -492,7 +530,8 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
             for (int m = 0; m < MB; ++m) {
                 const int n = n_base + 2 * pr;
                 if (((pr * MB + m) & 31) == lane && n < N && m < mb)
-                    PAIR_STORE(acc[2 * pr][m], acc[2 * pr + 1][m], m0 + m, n);
+                    PAIR_STORE(acc[2 * pr][m], acc[2 * pr + 1][m], m0 + m, n,
+                               AUX_OF(pr * MB + m, m0 + m, n));
             }
         return;
 #endif
@@ -537,7 +576,7 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
             v0 += __ldcg(ws + ((size_t)t * M + mm) * N + n);
             v1 += __ldcg(ws + ((size_t)t * M + mm) * N + n + 1);
         }
-        PAIR_STORE(v0, v1, mm, n);
+        PAIR_STORE(v0, v1, mm, n, AUX_OF(32, mm, n));
     }
 #else
     for (int i = tid; i < WARPS * ROWS * mb; i += WARPS * 32) {

@@ -2,6 +2,8 @@
 // attention_prefill_mma.cu. Include after common.cuh. Element type: dtype_t (fp16 or bf16).
 //
 //   cp_async16(dst_smem, src_global, valid)   16-byte async copy; valid = false zero-fills
+//   cp_async16_l2_256(dst, src, valid)        the same, the L2 fetching the whole 256-byte
+//                                             block on a miss (.L2::256B prefetch size)
 //   cp_async_commit() / cp_async_wait<N>()    close a group / wait until <= N groups pending
 //   ldmatrix_x4 / ldmatrix_x2 (r, p)          8x8 b16 matrices from shared memory; lane l gives
 //                                             the row address of matrix l / 8
@@ -24,6 +26,12 @@ __device__ __forceinline__ void cp_async16(dtype_t* dst, const dtype_t* src, boo
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
     const int n = valid ? 16 : 0;  // 0: zero-fill the 16 bytes
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async16_l2_256(dtype_t* dst, const dtype_t* src, bool valid) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+                 "r"(n));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N_PENDING>

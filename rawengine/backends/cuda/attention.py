@@ -326,7 +326,8 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
         min_chunk = TUNING["default"]["min_chunk"][d]
     if impl == "mma":
         defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"], TILE=cfg["tile"],
-                       STAGES=cfg["stages"], MIN_BLOCKS=cfg.get("min_blocks", 2))
+                       STAGES=cfg["stages"], MIN_BLOCKS=cfg.get("min_blocks", 2),
+                       L2_256=int(cfg.get("l2_256", 0)))
         name = ("decode_attention_mma.cu", "decode_attention_mma_kernel")
     else:
         smem = 0
