@@ -229,7 +229,11 @@ __device__ __forceinline__ void stage_add_rmsnorm(T* xs, const T* __restrict__ x
         if (m < mb && kk < kc) {
             float f[VEC], g[VEC];
             unpack(*reinterpret_cast<const Raw*>(xs + i), f);
+#if RE_PDL_EARLY
             unpack(i == tid * VEC ? nw0 : load_plain(norm_w + k0 + kk), g);
+#else
+            unpack(load_plain(norm_w + k0 + kk), g);
+#endif
             const float inv_rms = s_inv_rms[m];
 #pragma unroll
             for (int j = 0; j < VEC; ++j) f[j] = f[j] * inv_rms * g[j];
@@ -289,17 +293,27 @@ __device__ __forceinline__ RopeAux rope_aux(int mm, int n, const int* __restrict
                                             int num_q_heads, int num_kv_heads) {
     const int head = n / HEAD_DIM, i = (n % HEAD_DIM) >> 1;
     RopeAux a{1.f, 0.f, -1};
+    if (head >= num_q_heads) {
+        a.slot = slot_mapping[mm];
+        if (a.slot < 0) return a;  // padding row: nothing is stored
+    }
     if (head < num_q_heads + num_kv_heads) {
         const long long p = positions[mm];
         a.c = cos_table[p * HALF_D + i];
         a.s = sin_table[p * HALF_D + i];
     }
-    if (head >= num_q_heads) a.slot = slot_mapping[mm];
     return a;
 }
-// logical rows n (even), n + 1 of token mm: bias, round, rotate (q, k), store (q, k/v cache)
-__device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n, RopeAux aux,
+// logical rows n (even), n + 1 of token mm: bias, round, rotate (q, k), store (q, k/v cache);
+// is_pre: cos, sin and slot come from pre (rope_aux, loaded before the PDL wait), else from
+// memory (a compile-time constant once the caller's loops are unrolled)
+__device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n, bool is_pre,
+                                           const RopeAux& pre,
                                            const T* __restrict__ bias, T* __restrict__ q_out,
+                                           const int* __restrict__ positions,
+                                           const int* __restrict__ slot_mapping,
+                                           const float* __restrict__ cos_table,
+                                           const float* __restrict__ sin_table,
                                            T* __restrict__ k_cache, T* __restrict__ v_cache,
                                            int num_q_heads, int num_kv_heads, int block_size) {
     const int head = n / HEAD_DIM, i = (n % HEAD_DIM) >> 1;
@@ -314,7 +328,7 @@ __device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n, Ro
     if (head < num_q_heads) {
         dst = q_out + ((size_t)mm * num_q_heads + head) * HEAD_DIM;
     } else {
-        const int slot = aux.slot;
+        const int slot = is_pre ? pre.slot : slot_mapping[mm];
         if (slot < 0) return;
         const bool is_v = head >= num_q_heads + num_kv_heads;
         const int kvh = head - num_q_heads - (is_v ? num_kv_heads : 0);
@@ -323,7 +337,15 @@ __device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n, Ro
         rotate = !is_v;
     }
     if (rotate) {
-        const float c = aux.c, s = aux.s;
+        float c, s;
+        if (is_pre) {
+            c = pre.c;
+            s = pre.s;
+        } else {
+            const long long p = positions[mm];
+            c = cos_table[p * HALF_D + i];
+            s = sin_table[p * HALF_D + i];
+        }
         const float a = v0, b = v1;
         v0 = a * c - b * s;
         v1 = b * c + a * s;
@@ -336,7 +358,9 @@ __device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n, Ro
         const float* __restrict__ cos_table, const float* __restrict__ sin_table,             \
         T* __restrict__ k_cache, T* __restrict__ v_cache, int num_q_heads, int num_kv_heads,  \
         int block_size
-#define ROPE_ARGS bias, y, k_cache, v_cache, num_q_heads, num_kv_heads, block_size
+#define ROPE_ARGS \
+    bias, y, positions, slot_mapping, cos_table, sin_table, k_cache, v_cache, num_q_heads, \
+        num_kv_heads, block_size
 #define ROPE_AUX(mm, n) \
     rope_aux(mm, n, positions, slot_mapping, cos_table, sin_table, num_q_heads, num_kv_heads)
 #elif EPILOGUE == 2
@@ -359,10 +383,10 @@ __device__ __forceinline__ void swiglu_store(float g, float u, int mm, int n, T*
 // Paired epilogues (1, 2): the physical row behind logical row n, and the store of a pair
 #if EPILOGUE == 1
 #define PAIR_ROW(n) rope_row(n)
-#define PAIR_STORE(v0, v1, mm, n, aux) rope_store(v0, v1, mm, n, aux, ROPE_ARGS)
+#define PAIR_STORE(v0, v1, mm, n, pre, aux) rope_store(v0, v1, mm, n, pre, aux, ROPE_ARGS)
 #elif EPILOGUE == 2
 #define PAIR_ROW(n) swiglu_row(n, N)
-#define PAIR_STORE(v0, v1, mm, n, aux) swiglu_store(v0, v1, mm, n, y, N)
+#define PAIR_STORE(v0, v1, mm, n, pre, aux) swiglu_store(v0, v1, mm, n, y, N)
 #endif
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
@@ -426,18 +450,24 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
 #endif
     // Also ahead of the wait: norm_w (a weight) and the RoPE store's step inputs of this lane's
     // first pair (pair index pr * MB + m == lane), so no dependent load chain follows the wait.
-#if PROLOGUE == 1
+#if PROLOGUE == 1 && RE_PDL_EARLY
     const Raw nw0 = norm_w_first(norm_w, k0, kc, k_chunk);
+#elif PROLOGUE == 1  // no programmatic launch (sm_80): nothing to overlap, pass 2 loads it
+    const Raw nw0 = zero_raw();
 #endif
-#if EPILOGUE == 1
+#if EPILOGUE == 1 && RE_PDL_EARLY
     RopeAux aux0{1.f, 0.f, -1};
     if (split == 1 && lane < ROWS / 2 * MB) {
         const int pr = lane / MB, m = lane % MB, n = n_base + 2 * pr;
         if (n < N && m < mb) aux0 = ROPE_AUX(m0 + m, n);
     }
-#define AUX_OF(idx, mm, n) ((idx) < 32 ? aux0 : ROPE_AUX(mm, n))
+#define IS_PRE(idx) ((idx) < 32)  // the lane's first pair was preloaded into aux0
+#elif EPILOGUE == 1  // no programmatic launch (sm_80): nothing to overlap, load at the store
+    const RopeAux aux0{1.f, 0.f, -1};
+#define IS_PRE(idx) false
 #else
-#define AUX_OF(idx, mm, n) 0
+    const int aux0 = 0;  // no aux in this epilogue
+#define IS_PRE(idx) false
 #endif
     RE_PDL_WAIT();
     RE_PDL_TRIGGER();
@@ -531,7 +561,7 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
                 const int n = n_base + 2 * pr;
                 if (((pr * MB + m) & 31) == lane && n < N && m < mb)
                     PAIR_STORE(acc[2 * pr][m], acc[2 * pr + 1][m], m0 + m, n,
-                               AUX_OF(pr * MB + m, m0 + m, n));
+                               IS_PRE(pr * MB + m), aux0);
             }
         return;
 #endif
@@ -576,7 +606,7 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
             v0 += __ldcg(ws + ((size_t)t * M + mm) * N + n);
             v1 += __ldcg(ws + ((size_t)t * M + mm) * N + n + 1);
         }
-        PAIR_STORE(v0, v1, mm, n, AUX_OF(32, mm, n));
+        PAIR_STORE(v0, v1, mm, n, false, aux0);
     }
 #else
     for (int i = tid; i < WARPS * ROWS * mb; i += WARPS * 32) {

@@ -19,7 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 VARIANTS = ("none", "attention", "o", "down", "qkv", "gate_up", "lm_head")
-# also: "min_chunk=N" (not a removal: decode attention's least tokens per split, every head_dim)
+# also (not removals): "min_chunk=N" (decode attention's least tokens per split, every
+# head_dim); "cfg=N,K,{json}" (the M = 1 GEMV params of the N x K product, also as its paired
+# entry: rows must be even for the qkv and gate_up products)
 
 
 def patch(b, variant: str, cfg) -> None:
@@ -35,7 +37,17 @@ def patch(b, variant: str, cfg) -> None:
         return bufs[key]
 
     linear = b.linear
-    if variant.startswith("min_chunk="):
+    if variant.startswith("cfg="):
+        import json
+
+        from rawengine.backends.cuda import gemm
+
+        n, k, params = variant[4:].split(",", 2)
+        key = (gemm.gpu_name(), int(n), int(k))
+        rules = gemm._tables()[key]
+        p = json.loads(params)
+        gemm._tables()[key] = [(1, "gemv", p, None, p)] + [r for r in rules if r[0] > 1]
+    elif variant.startswith("min_chunk="):
         from rawengine.backends.cuda import attention
 
         mc = attention.TUNING["default"]["min_chunk"]
@@ -74,16 +86,20 @@ def main() -> None:
     ap.add_argument("preset")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated, or ';'-separated when a variant has commas")
     a = ap.parse_args()
-    variants = a.variants.split(",")
+    variants = a.variants.split(";") if ";" in a.variants else a.variants.split(",")
     res = {v: [] for v in variants}
     from rawengine.backends.cuda import attention
+
+    from rawengine.backends.cuda import gemm
 
     tuned = dict(attention.TUNING["default"]["min_chunk"])
     for _ in range(a.rounds):
         for v in variants:
             attention.TUNING["default"]["min_chunk"].update(tuned)  # undo a min_chunk variant
+            gemm.reload_tables()  # undo a cfg variant
             e = Engine(preset_config(a.preset), device="cuda", max_model_len=a.context + 256,
                        max_num_seqs=1)
             seq = Sequence(list(range(1, a.context)), SamplingParams(temperature=0))
