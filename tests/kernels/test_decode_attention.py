@@ -390,3 +390,77 @@ def test_short_lengths_in_capacity_graph(min_chunk, d, hq, hkv, variant, impl):
                 got[row] = case.reference(scale, lens=[1] * 4)[row]  # skip it below
                 lens = [n if n else 1 for n in lens]
             check(case, got, scale, FLOOR["fp16"], lens=lens)
+
+
+# Writes q and each sequence's newest K/V row ~50 us after it starts (after its own PDL wait
+# and trigger), so a decode kernel launched after it under programmatic launch runs its
+# pre-wait part while these values are still NaN.
+_SLOW_SCATTER = r"""
+extern "C" __global__ void slow_scatter(unsigned short* d0, const long long* i0,
+                                        const unsigned short* v0, int n0,
+                                        unsigned short* d1, const long long* i1,
+                                        const unsigned short* v1, int n1,
+                                        unsigned short* d2, const long long* i2,
+                                        const unsigned short* v2, int n2, long long spin) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    const long long t0 = clock64();
+    while (clock64() - t0 < spin) {
+    }
+    for (int i = threadIdx.x; i < n0; i += blockDim.x) d0[i0[i]] = v0[i];
+    for (int i = threadIdx.x; i < n1; i += blockDim.x) d1[i1[i]] = v1[i];
+    for (int i = threadIdx.x; i < n2; i += blockDim.x) d2[i2[i]] = v2[i];
+}
+"""
+
+
+@pytest.mark.parametrize("variant,impl", VARIANT_IMPLS)
+@pytest.mark.parametrize("d,hq,hkv", [(128, 32, 8), (64, 9, 3)])
+def test_early_loads_never_read_the_newest_key(variant, impl, d, hq, hkv):
+    """The decode kernels read old keys before their PDL wait (the previous kernel of a decode
+    step writes q and key len - 1 only). Here the previous kernel writes q and every newest
+    K/V row ~50 us late, over NaN: any early read of them would poison the output."""
+    from rawengine.backends.cuda import launch
+
+    if int(cp.cuda.Device().compute_capability) < 90 or not launch.pdl_enabled():
+        pytest.skip("programmatic dependent launch needs sm_90")
+    rng = np.random.default_rng(11)
+    lens = [300, 17, 1, 2048, 64]
+    case = Case(rng, lens, hq, hkv, d, 16, "fp16")
+    scale = d ** -0.5
+    tables = cp.asnumpy(case.tables)
+    nb, _, bs, _ = case.k_dev.shape
+    # flat indices of every newest K/V element and of q, with their true values
+    kv_idx = np.concatenate([
+        ((tables[b, (n - 1) // bs] * hkv + h) * bs + (n - 1) % bs) * d + np.arange(d)
+        for b, n in enumerate(lens) for h in range(hkv)]).astype(np.int64)
+    q_idx = np.arange(case.q_dev.size, dtype=np.int64)
+    k_true = case.k_dev.reshape(-1)[cp.asarray(kv_idx)].copy()
+    v_true = case.v_dev.reshape(-1)[cp.asarray(kv_idx)].copy()
+    q_true = case.q_dev.reshape(-1).copy()
+    nan = np.float16(np.nan)
+    scatter = launch.Kernel(cp.RawKernel(_SLOW_SCATTER, "slow_scatter"))
+    out = cp.empty((len(lens), hq * d), cp.float16)
+    ws = get_workspace(len(lens), hq, hkv, d, 8)
+    kv_i, q_i = cp.asarray(kv_idx), cp.asarray(q_idx)
+    kw = dict(max_seq_len=max(lens), variant=variant, phi=0.0 if variant == "async" else None,
+              workspace=ws, out=out, num_splits=8, config={"impl": impl})
+    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()
+    with stream:
+        stream.begin_capture()
+        scatter((1,), (256,), (case.k_dev, kv_i, k_true, np.int32(kv_idx.size), case.v_dev,
+                               kv_i, v_true, np.int32(kv_idx.size), case.q_dev, q_i, q_true,
+                               np.int32(q_idx.size), np.int64(100_000)))
+        decode_attention(case.q_dev, case.k_dev, case.v_dev, case.tables, case.seq_lens, scale,
+                         **kw)
+        graph = stream.end_capture()
+        for _ in range(3):
+            case.k_dev.reshape(-1)[kv_i] = nan  # the values the late writer will restore
+            case.v_dev.reshape(-1)[kv_i] = nan
+            case.q_dev.reshape(-1)[q_i] = nan
+            out.fill(np.nan)
+            graph.launch(stream)
+            stream.synchronize()
+            got = out.get().astype(np.float32).reshape(len(lens), hq, d)
+            check(case, got, scale, FLOOR["fp16"])
