@@ -57,6 +57,8 @@ TUNING = {
                     # 8.9 vs 9.8 at 4k, 12.2 vs 14.3 at B8 1k; 5-9% slower from 67 MB up and
                     # for MHA, where 15 of its 16 mma rows are padding)
                     mma_min_group=3, mma_max_kv_mb=40,
+                    # plan_decode fills a partial single wave when the step's K/V is larger
+                    fill_wave_min_kv_mb=32,
                     smem_per_sm=228 * 1024, smem_per_block_reserved=1024),
 }
 # min_chunk (per head_dim): least tokens per split, applied on the device to the real length
@@ -187,6 +189,7 @@ def plan_decode(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int, *
         bw_us = bytes_step * active / t["bw"] * 1e6
         return (t["lat_us"] ** p + bw_us ** p) ** (1 / p)
 
+    costs = {}
     best_s, best_t = 1, math.inf
     for s in range(1, min(t["max_splits"], n_steps) + 1):
         steps = cdiv(n_steps, s)
@@ -196,8 +199,18 @@ def plan_decode(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int, *
             cost += steps * step_us(rem) + t["block_us"]
         if s > 1:
             cost += s * g_blk * head_dim * 8 / t["merge_bytes_per_us"]
+        costs[s] = cost
         if cost < best_t * 0.98:
             best_s, best_t = s, cost
+    # A DRAM-bound step in one partial wave: fill it. Below ~2,048 resident warps the chip
+    # does not reach full bandwidth, which the blend above underprices (H100, session 5: B1
+    # 32/32 L128k S = 7 739.5 us vs S = 8 711; 26 shapes: -2 to -8% from 32 MB of K/V up,
+    # +3 to +28% on the L2-sized ones below, hence the threshold).
+    kv_bytes = 2 * batch * num_kv_heads * max_seq_len * head_dim * 2
+    if kv_bytes > t["fill_wave_min_kv_mb"] * 1e6 and units * best_s < slots:
+        fuller = [s for s in costs if s > best_s and units * s <= slots and costs[s] < best_t]
+        if fuller:
+            best_s = min(fuller, key=costs.get)
     return best_s
 
 
