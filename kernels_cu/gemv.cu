@@ -306,7 +306,9 @@ __device__ __forceinline__ RopeAux rope_aux(int mm, int n, const int* __restrict
 }
 // logical rows n (even), n + 1 of token mm: bias, round, rotate (q, k), store (q, k/v cache);
 // is_pre: cos, sin and slot come from pre (rope_aux, loaded before the PDL wait), else from
-// memory (a compile-time constant once the caller's loops are unrolled)
+// memory (a compile-time constant once the caller's loops are unrolled). The loads below are
+// rope_aux's written out in their original order: calling rope_aux here made ptxas spill on
+// sm_80 (MB 6-7 configs, tools/check_kernels.py).
 __device__ __forceinline__ void rope_store(float v0, float v1, int mm, int n, bool is_pre,
                                            const RopeAux& pre,
                                            const T* __restrict__ bias, T* __restrict__ q_out,

@@ -3,7 +3,7 @@
     PYTHONPATH=. python3 tools/ab_attention.py [--cases B:HQ:HKV:L,...] [--configs NAME=JSON;...]
 
 Every config runs the sync variant unless its JSON says "variant": "async"; keys other than
-"variant" and "splits" go to decode_attention's config. Timing, inputs and copy bandwidth as
+"variant" and "splits" go to decode_attention's config ({} = no config: the default rule). Timing, inputs and copy bandwidth as
 tools/bench_attention.py (graph replays of back-to-back calls, median of 7). Prints us and
 % of copy per case x config, and each config's geomean time ratio to the first config.
 """
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_attention import Paged, calls_for, copy_bandwidth, kv_bytes, time_cupy  # noqa: E402
 
 CASES = "1:32:8:1024,1:32:8:16384,1:32:8:131072,8:32:8:16384,8:32:8:131072,32:32:8:16384"
-CONFIGS = ('cc={};mma={"impl": "mma"};mma_l2={"impl": "mma", "l2_256": 1}')
+CONFIGS = ('cc={"impl": "cuda_core"};mma={"impl": "mma"};mma_l2={"impl": "mma", "l2_256": 1}')
 
 
 def main() -> None:

@@ -117,7 +117,7 @@ def main() -> None:
     for v in variants:
         t = min(res[v])
         saved = base - t if base is not None else float("nan")
-        per = saved / (1 if v in ("lm_head",) or "=" in v else layers)
+        per = saved / (1 if v == "lm_head" or "=" in v else layers)  # once-per-step items
         print(f"| {v} | {t:.1f} | {saved:.1f} | {per:.2f} |")
 
 
