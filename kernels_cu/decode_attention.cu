@@ -53,9 +53,20 @@
 // ahead of its PDL wait (each warp's first step, when it holds only such keys), so the kernel
 // it follows may write q and key len - 1 only: true of a decode step, whose inputs are copied
 // in before the graph replay and whose K/V write is the newest key.
+// Bulk build (BULK = S >= 2; sync only, no PREFETCH; sm_90): K/V do not come through
+// registers. Each warp owns a ring of S slots in dynamic shared memory (one warp step each:
+// K rows [TILE][D], then V rows [TILE][D]) and fills them with cp.async.bulk (the TMA unit's
+// 1-D copy) completing on one mbarrier per slot, so S - 1 steps stay in flight while one is
+// computed, at no register cost and one copy instruction per lane per step: lane j < R copies
+// the j-th run of K rows of the step, lane R + j that of V, a run being min(BS, TILE) rows
+// inside one page (single rows when the warp's tiles do not start on a run boundary). The
+// compute is the same compute_step on registers read back from the slot. BlockSmem overlays
+// the rings after the loop. Dynamic shared memory: max(NUM_WARPS * S * 2 * TILE * D * 2,
+// sizeof(BlockSmem)); the kernel traps on less. Why: at G = 4 the register-fed loop tops out
+// near 3.0 TB/s on H100 (the loads in flight per warp end where its compute begins).
 // Defines: HEAD_DIM (64 | 128), GROUP (1..8), NUM_WARPS, UNROLL, IS_ASYNC, DTYPE_BF16,
 // PREFETCH (1: L2-prefetch each warp's next tile while computing the current one),
-// MIN_BLOCKS (launch bound: 16 warps / NUM_WARPS keeps G <= 4 at 128 registers).
+// MIN_BLOCKS (launch bound: 16 warps / NUM_WARPS keeps G <= 4 at 128 registers), BULK.
 // The block/split half (BlockSmem, warp merge, partials, counter, split merge) lives in
 // decode_common.cuh, shared with the tensor-core variant decode_attention_mma.cu.
 #include "common.cuh"
@@ -81,6 +92,15 @@
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1  // resident blocks per SM to guarantee (caps registers)
 #endif
+#ifndef BULK
+#define BULK 0  // > 0: K/V arrive through per-warp shared-memory rings of BULK slots (below)
+#endif
+#if BULK
+#if IS_ASYNC || PREFETCH
+#error "BULK builds the synchronized variant without the L2 prefetch"
+#endif
+#include "bulk.cuh"
+#endif
 // BlockSmem, merge helpers, finish_block (split merge):
 #include "decode_common.cuh"
 
@@ -92,6 +112,15 @@ constexpr int STEP = TILE * NUM_WARPS;               // tokens per block per ste
 constexpr int STEP1 = TOK_PER_LOAD * NUM_WARPS;      // the same at unroll 1 (short chunks)
 static_assert(LANES_PER_TOK <= 32 && 32 % LANES_PER_TOK == 0, "HEAD_DIM must be 64 or 128");
 static_assert(NUM_WARPS <= 32 && (NUM_WARPS & (NUM_WARPS - 1)) == 0, "NUM_WARPS: power of 2");
+#if BULK
+// Ring slot of one warp step: K rows [TILE][D], then V rows [TILE][D]. A slot is refilled by at
+// most 2 * TILE row copies, one per lane, hence TILE <= 16.
+constexpr int BULK_SLOT = 2 * TILE * HEAD_DIM;  // elements
+constexpr int BULK_RING_BYTES = NUM_WARPS * BULK * BULK_SLOT * 2;
+static_assert(TILE <= 16, "BULK needs TILE = 32 / (D / 8) * UNROLL <= 16 tokens");
+__shared__ mbar_t bulk_bars[NUM_WARPS][BULK];
+extern __shared__ __align__(128) unsigned char bulk_smem[];  // rings, then BlockSmem
+#endif
 
 // Streaming 16-byte load: read once, keep it out of L1, ask L2 for the whole 256-byte row.
 __device__ __forceinline__ uint4 load_stream(const dtype_t* p) {
@@ -229,6 +258,79 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
                 for (int i = 0; i < VEC; ++i) o[g][i] = fmaf(s[u][g], vf[i], o[g][i]);
         }
     };
+#if BULK
+    // The warp's steps (tiles i = 0, 1, ... at t_first + i * STEP_U) stream through its own
+    // ring of BULK slots with cp.async.bulk: BULK - 1 tiles stay in flight while one computes,
+    // at no register cost. A tile is copied in runs of whole rows inside one page: `run` rows
+    // (the page size or the tile, whichever is smaller, when the tile starts on a run boundary;
+    // else single rows), lane j < runs copying K run j and lane runs + j V run j.
+    (void)load_step;
+    dtype_t* ring = reinterpret_cast<dtype_t*>(bulk_smem) + warp * (BULK * BULK_SLOT);
+    mbar_t* bars = bulk_bars[warp];
+    if (lane == 0) {
+#pragma unroll
+        for (int i = 0; i < BULK; ++i) mbar_init(bars + i, 1);
+        mbar_init_fence();
+    }
+    __syncwarp();
+    const int t_first = start + warp * TILE_U;
+    const int n_tiles = t_first < end ? cdiv(end - t_first, STEP_U) : 0;
+    const int run0 = min(bs_mask + 1, TILE_U);
+    const int run = (t_first & (run0 - 1)) == 0 ? run0 : 1;
+    const int runs = TILE_U / run, jr = lane % runs;
+    const bool is_copier = lane < 2 * runs;
+    // per-lane constants of the copies: source head base, slot offset, first token of the run
+    const dtype_t* src = (lane >= runs ? v_cache : k_cache) +
+                         ((size_t)kv_head << log2_bs) * HEAD_DIM;
+    const int dst_off = (lane >= runs ? TILE * HEAD_DIM : 0) + jr * run * HEAD_DIM;
+    const int tok_lane = t_first + jr * run;
+    auto page_of = [&](int i) {  // page of this lane's run of tile i (0 when it copies none)
+        const int tok = tok_lane + i * STEP_U;
+        return is_copier && i < n_tiles && tok < end ? __ldg(bt + (tok >> log2_bs)) : 0;
+    };
+    auto issue = [&](int i, int page) {  // tile i into slot i % BULK (warp-uniform call)
+        const int t = t_first + i * STEP_U, tok = tok_lane + i * STEP_U;
+        mbar_t* bar = bars + i % BULK;
+        if (lane == 0) mbar_arrive_expect_tx(bar, 2 * min(TILE_U, end - t) * HEAD_DIM * 2);
+        __syncwarp();
+        if (is_copier && tok < end)
+            bulk_g2s(ring + (i % BULK) * BULK_SLOT + dst_off,
+                     src + ((((size_t)page * num_kv_heads) << log2_bs) + (tok & bs_mask)) *
+                               HEAD_DIM,
+                     min(run, end - tok) * HEAD_DIM * 2, bar);
+    };
+    auto is_old = [&](int i) {  // tile i holds only keys older than `newest`
+        return min(t_first + i * STEP_U + TILE_U, end) <= newest;
+    };
+#pragma unroll
+    for (int i = 0; i < BULK; ++i)
+        if (i < n_tiles && is_old(i)) issue(i, page_of(i));
+    wait_fn();
+#pragma unroll
+    for (int i = 0; i < BULK; ++i)
+        if (i < n_tiles && !is_old(i)) issue(i, page_of(i));
+    int page_next = page_of(BULK);
+    for (int i = 0; i < n_tiles; ++i) {
+        const int t0 = t_first + i * STEP_U;
+        mbar_wait(bars + i % BULK, (i / BULK) & 1);
+        const dtype_t* slot = ring + (i % BULK) * BULK_SLOT + dvec * VEC;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int r = u * TOK_PER_LOAD + sub;
+            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);  // rows past `end` were never copied
+            if (t0 + r < end) {
+                kr[u] = *reinterpret_cast<const uint4*>(slot + r * HEAD_DIM);
+                vr[u] = *reinterpret_cast<const uint4*>(slot + (TILE + r) * HEAD_DIM);
+            }
+        }
+        compute_step(t0);
+        __syncwarp();  // every lane has used the slot: refill it
+        if (i + BULK < n_tiles) {
+            issue(i + BULK, page_next);
+            page_next = page_of(i + BULK + 1);
+        }
+    }
+#else
     // The first step is peeled (kr, vr are not loop-carried: no extra live registers).
     int t0 = start + warp * TILE_U;  // warp-uniform
     const bool is_early = t0 < end && min(t0 + TILE_U, end) <= newest;
@@ -242,6 +344,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
         load_step(t0);
         compute_step(t0);
     }
+#endif
     // Token groups of the warp share m (warp-wide max, or phi): their l and o just add up.
 #pragma unroll
     for (int x = LANES_PER_TOK; x < 32; x <<= 1) {
@@ -331,7 +434,16 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
     if (!split_range<STEP, STEP1>(len, num_splits, split, min_chunk, start, end, num_active))
         return;
 
+#if BULK
+    {
+        unsigned dyn;  // a launch with less shared memory than the rings need must not run
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+        if (dyn < (unsigned)max(BULK_RING_BYTES, (int)sizeof(BlockSmem))) __trap();
+    }
+    BlockSmem& sm = *reinterpret_cast<BlockSmem*>(bulk_smem);  // overlays the rings, later
+#else
     __shared__ BlockSmem sm;
+#endif
     const int dvec = (threadIdx.x & 31) % LANES_PER_TOK;
     float qf[GROUP][VEC];
     auto wait_and_load_q = [&]() {  // run by attend_chunk once its first safe loads are out
@@ -350,6 +462,9 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
     float m[GROUP], l[GROUP], o[GROUP][VEC], m_true[GROUP];
     attend_any<IS_ASYNC != 0>(qf, wait_and_load_q, k_cache, v_cache, bt, kv_head, num_kv_heads,
                               log2_bs, start, end, len - 1, phi, m, l, o, m_true);
+#if BULK
+    __syncthreads();  // every warp is done with its ring: BlockSmem overlays them
+#endif
     stash_warp(sm, m, l, o, m_true);
     __syncthreads();
 #if IS_ASYNC

@@ -7,7 +7,10 @@ fp16, head_dim 128, B x (Hq, Hkv) x L; cases whose K+V exceed 40 GB are skipped.
 paged cache (block_size 16, pages in shuffled order, tables read on the device); torch reads
 contiguous [B, Hkv, L, D] K/V with a [B, Hq, 1, D] query (enable_gqa). Both are timed as
 CUDA-graph replays of N >= 20 back-to-back calls, median of 7 replays; the K/V of small cases
-stays in L2 across the calls for both. 'mma' is the sync variant on the tensor-core kernel
+stays in L2 across the calls for both. 'sync' and 'async' run the default rule
+(attention.default_config: 'sync' takes the tensor-core kernel on short GQA steps and the
+cp.async.bulk build on GQA steps of >= 1 GB; column 'sync S, impl' shows its plan and kernel).
+'mma' is the sync variant on the tensor-core kernel
 (decode_attention_mma.cu, shape MMA_CONFIG or $RAWENGINE_MMA). GB/s (of the fastest) counts K and V bytes once; '%copy' is against a
 device-to-device copy measured in the same run (read + write counted).
 --sweep also times kernel shapes x variants and split counts around the plan on a few cases
@@ -205,8 +208,11 @@ def run_grid(cases, copy_bw, log):
         t_torch = torch_case(b, hq, hkv, length)
         p = Paged(b, hq, hkv, length)
         n = calls_for(nbytes)
-        splits = attn.plan_decode(b, hkv, length, attn.num_sms(), group=hq // hkv, head_dim=D)
-        ws = attn.get_workspace(b, hq, hkv, D, splits)
+        splits = attn.planned_splits(b, hq, hkv, D, length)  # the sync default's plan
+        sync_impl = (attn.default_config(attn.head_group(hq, hkv), D, nbytes, False)
+                     or {"impl": "cuda_core"})["impl"]
+        ws = attn.get_workspace(b, hq, hkv, D,
+                                attn.planned_splits(b, hq, hkv, D, length, is_async=True))
         fb0 = int(ws.fallback_count.get()[0])
         t_sync = time_cupy(p.fn("sync"), n)
         t_async = time_cupy(p.fn("async"), n)
@@ -216,6 +222,7 @@ def run_grid(cases, copy_bw, log):
         p.free()
         best = min(t_sync, t_async, t_mma)
         row = dict(B=b, Hq=hq, Hkv=hkv, L=length, kv_mb=nbytes / 1e6, splits=splits,
+                   sync_impl=sync_impl,
                    torch_us=t_torch, sync_us=t_sync, async_us=t_async, mma_us=t_mma,
                    mma_config=cfg_mma,
                    gbps=nbytes / best / 1e3, pct_copy=100 * nbytes / best / 1e-6 / copy_bw,
@@ -229,7 +236,7 @@ def run_grid(cases, copy_bw, log):
     return rows
 
 
-HEADER = ("|  B | Hq/Hkv |      L |  KV MB | S | torch us | sync us | async us | mma us |  GB/s "
+HEADER = ("|  B | Hq/Hkv |      L |  KV MB | sync S, impl | torch us | sync us | async us | mma us |  GB/s "
           "| %copy | x sync | x async | x mma |")
 # tensor-core kernel shape for the 'mma' column (sync variant, decode_attention_mma.cu);
 # RAWENGINE_MMA="num_warps,tile,stages" overrides it (sweeps)
@@ -240,7 +247,8 @@ MMA_CONFIG = dict(zip(("num_warps", "tile", "stages"),
 def fmt_row(r):
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     return (f"| {r['B']:2d} | {r['Hq']}/{r['Hkv']:<3d} | {r['L']:6d} | {r['kv_mb']:6.0f} | "
-            f"{r['splits']} | {f(r['torch_us'], '8.1f')} | {r['sync_us']:7.1f} | "
+            f"{r['splits']} {r.get('sync_impl', '')[:4]:4s} | {f(r['torch_us'], '8.1f')} | "
+            f"{r['sync_us']:7.1f} | "
             f"{r['async_us']:8.1f} | {r['mma_us']:6.1f} | {r['gbps']:5.0f} | "
             f"{r['pct_copy']:5.1f} | "
             f"{f(r['ratio_sync'], '6.2f')} | {f(r['ratio_async'], '7.2f')} | "

@@ -69,6 +69,17 @@ VARIANTS += [
     ("decode_attention_mma.cu", {"HEAD_DIM": 64, "GROUP": 8, **_DECODE_MMA, "TILE": 32,
                                  "STAGES": 4, **BF16}),
 ]
+# the cp.async.bulk build of the CUDA-core kernel (impl 'bulk', sync only, sm_90 only: "SM"
+# names the architectures a variant is built for): the tuned shape over the groups the tests
+# cover, and the unroll-8 shape
+_DECODE_BULK = {"NUM_WARPS": 8, "UNROLL": 4, "BULK": 2, "MIN_BLOCKS": 1, "PREFETCH": 0,
+                "SM": "90"}
+VARIANTS += [
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": g, **_DECODE_BULK}) for g in (1, 4, 8)
+] + [
+    ("decode_attention.cu", {"HEAD_DIM": 64, "GROUP": 3, **_DECODE_BULK, **BF16}),
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 4, **_DECODE_BULK, "UNROLL": 8}),
+]
 
 
 
@@ -120,7 +131,8 @@ def variants() -> list[tuple[str, dict]]:
 
 def compile_one(nvcc: str, file: str, defines: dict) -> tuple[str, int, str]:
     cmd = [nvcc, "-std=c++17", "-c", "-o", os.devnull, "-Xptxas", "-v", f"-I{KDIR}"]
-    for a in ARCHS:
+    defines = dict(defines)
+    for a in defines.pop("SM", ",".join(ARCHS)).split(","):
         cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
     cmd += [f"-D{k}={v}" for k, v in defines.items()] + [str(KDIR / file)]
     p = subprocess.run(cmd, capture_output=True, text=True)

@@ -1,8 +1,9 @@
 """kernels_cu/decode_attention.cu vs the float32 NumPy reference (2x rule), NaN-poisoned
 outputs and unused KV slots, awkward lengths / head dims / GQA groups / page sizes, split vs
 single-split, async (unified max) vs sync under adversarial logits, CUDA-graph replay.
-The tensor-core kernel (decode_attention_mma.cu, config impl='mma', sync only) runs the same
-reference, split, short-length and graph-replay checks."""
+The tensor-core kernel (decode_attention_mma.cu, config impl='mma', sync only) and the
+cp.async.bulk build of the CUDA-core kernel (config impl='bulk', sync only, sm_90) run the same
+reference, split, short-length, graph-replay and early-load checks."""
 
 from __future__ import annotations
 
@@ -119,9 +120,16 @@ FLOOR = {"fp16": 2e-4, "bf16": 2e-3}
 # scores, and the output) to the kernel dtype, so the same 2x rule and floors hold: no wider
 # tolerance is needed for bf16.
 MMA = dict(impl="mma")  # the tuned tensor-core shape
-IMPL_CONFIGS = {"cuda_core": None, "mma": MMA}
-# (variant, impl) pairs that exist: the tensor-core kernel is sync only
-VARIANT_IMPLS = [("sync", "cuda_core"), ("async", "cuda_core"), ("sync", "mma")]
+BULK = dict(impl="bulk")  # the tuned cp.async.bulk shape
+IMPL_CONFIGS = {"cuda_core": None, "mma": MMA, "bulk": BULK}
+# (variant, impl) pairs that exist: the tensor-core and bulk kernels are sync only
+VARIANT_IMPLS = [("sync", "cuda_core"), ("async", "cuda_core"), ("sync", "mma"),
+                 ("sync", "bulk")]
+
+
+def needs_sm90(impl):
+    if impl == "bulk" and int(cp.cuda.Device().compute_capability) < 90:
+        pytest.skip("impl='bulk' needs sm_90")
 
 
 @pytest.mark.parametrize("d", [64, 128])
@@ -177,6 +185,49 @@ def test_mma_kernel_shapes(cfg, d, hq, hkv):
     check(case, out, scale, FLOOR["fp16"])
 
 
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2), (32, 8), (16, 2)])  # G 1, 3, 4, 8
+@pytest.mark.parametrize("bs", [1, 4, 16, 64])  # row copies, short runs, page = tile, > tile
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_bulk_matches_reference(d, hq, hkv, bs, dtype):
+    """cp.async.bulk rings, planned split count: page sizes below, at and above the warp tile
+    (copies of single rows, of runs inside a page, of whole tiles), lengths around a tile."""
+    needs_sm90("bulk")
+    rng = np.random.default_rng([d, hq, hkv, bs, dtype == "bf16", 5])
+    case = Case(rng, [1, 7, 9, 100, 1000, 4099], hq, hkv, d, bs, dtype)
+    scale = d ** -0.5
+    out = case.run(scale, config=BULK)
+    check(case, out, scale, FLOOR[dtype])
+
+
+@pytest.mark.parametrize("cfg", [(8, 4, 3, 1), (8, 2, 4, 2), (4, 4, 4, 2), (4, 8, 2, 1),
+                                 (2, 4, 3, 1), (1, 2, 2, 1)])
+@pytest.mark.parametrize("d,hq,hkv", [(128, 32, 8), (64, 9, 3)])
+def test_bulk_kernel_shapes(cfg, d, hq, hkv):
+    """Every (num_warps, unroll, stages, min_blocks) of the bulk build is correct; 2 warps x
+    unroll 4 start their tiles off a page boundary (single-row copies)."""
+    needs_sm90("bulk")
+    nw, un, st, mb = cfg
+    if 32 // (d // 8) * un > 16:
+        pytest.skip("more than 16 tokens per warp step")
+    rng = np.random.default_rng(37)
+    case = Case(rng, [4099, 97, 1, 1025], hq, hkv, d, 16, "fp16")
+    scale = d ** -0.5
+    out = case.run(scale, config=dict(impl="bulk", num_warps=nw, unroll=un, stages=st,
+                                      min_blocks=mb), num_splits=5)
+    check(case, out, scale, FLOOR["fp16"])
+
+
+def test_bulk_rejects_async_and_bad_shapes():
+    needs_sm90("bulk")
+    rng = np.random.default_rng(41)
+    case = Case(rng, [17], 8, 2, 128, 16, "fp16")
+    with pytest.raises(ValueError, match="sync"):
+        case.run(128 ** -0.5, variant="async", phi=0.0, config=BULK)
+    with pytest.raises(ValueError, match="16"):
+        case.run(128 ** -0.5, config=dict(impl="bulk", unroll=16))
+
+
 def test_mma_matches_cuda_core():
     """Same inputs, both kernels: agree to the rounding of p (fp16)."""
     rng = np.random.default_rng(23)
@@ -211,6 +262,35 @@ def test_sync_picks_mma_only_for_small_gqa_steps(monkeypatch):
         check(case, out, 128 ** -0.5, FLOOR["fp16"])
 
 
+def test_sync_picks_bulk_only_for_large_gqa_steps(monkeypatch):
+    """The no-config bulk rule (TUNING bulk_groups / bulk_min_kv_mb, here lowered to 16 MB so
+    the cases stay small): GQA groups of 2-4 with D = 128 over the threshold run the bulk
+    build, MHA and small steps do not."""
+    import rawengine.backends.cuda.attention as attn
+
+    needs_sm90("bulk")
+    ran = []
+    real = attn.kernel
+
+    def spy(file, name, defines):
+        ran.append((file, defines.get("BULK", 0)))
+        return real(file, name, defines)
+
+    monkeypatch.setattr(attn, "kernel", spy)
+    monkeypatch.setitem(attn.TUNING["default"], "bulk_min_kv_mb", 16)
+    rng = np.random.default_rng(43)
+    for (hq, hkv), d, lens, want in [((32, 8), 128, [12000], ("decode_attention.cu", 2)),
+                                     ((16, 8), 128, [12000], ("decode_attention.cu", 2)),
+                                     ((8, 8), 128, [12000], ("decode_attention.cu", 0)),
+                                     ((32, 8), 64, [24000], ("decode_attention.cu", 0)),
+                                     ((32, 8), 128, [300], ("decode_attention_mma.cu", 0))]:
+        case = Case(rng, lens, hq, hkv, d, 16, "fp16")
+        ran.clear()
+        out = case.run(d ** -0.5)
+        assert ran == [want], (hq, hkv, d, lens, ran)
+        check(case, out, d ** -0.5, FLOOR["fp16"])
+
+
 def test_mma_rejects_async():
     rng = np.random.default_rng(29)
     case = Case(rng, [17], 8, 2, 128, 16, "fp16")
@@ -221,6 +301,7 @@ def test_mma_rejects_async():
 @pytest.mark.parametrize("impl", list(IMPL_CONFIGS))
 @pytest.mark.parametrize("splits", [2, 7, 64])
 def test_split_matches_single_split(splits, impl):
+    needs_sm90(impl)
     rng = np.random.default_rng(3)
     case = Case(rng, [4099, 1025, 1, 97], 32, 8, 128, 16, "fp16")
     scale = 128 ** -0.5
@@ -312,6 +393,7 @@ def test_async_window_forces_fallback():
 @pytest.mark.parametrize("variant,impl", VARIANT_IMPLS)
 def test_graph_replay_with_new_lengths(variant, impl):
     """Captured once with a fixed split count; seq_lens change between replays."""
+    needs_sm90(impl)
     rng = np.random.default_rng(9)
     case = Case(rng, [3000, 2999, 900, 2048], 32, 8, 128, 16, "fp16")
     scale = 128 ** -0.5
@@ -360,6 +442,7 @@ def test_short_lengths_in_capacity_graph(min_chunk, d, hq, hkv, variant, impl):
     """Graph captured at capacity 8192 (32 splits), replayed with short real lengths: the
     device's chunk rule (min_chunk, unroll-1 chunks, one active split writing o directly)
     must stay exact, including chunks straddling STEP1 / STEP and the merge of 16+ splits."""
+    needs_sm90(impl)
     rng = np.random.default_rng(17)
     case = Case(rng, [1100, 300, 33, 2], hq, hkv, d, 16, "fp16")
     scale = d ** -0.5

@@ -6,11 +6,14 @@ Two variants, one kernel file: 'sync' (Flash-Decoding: split-KV, running max, lo
 and 'async' (FlashDecoding++: one unified max phi per model, plain sums, exact fallback to the
 running max inside the kernel when a split's logits leave [phi + lo, phi + hi]).
 
-Two implementations of 'sync' (config["impl"]): 'cuda_core' (decode_attention.cu) and 'mma'
-(decode_attention_mma.cu: Q K^T and P V on tensor cores, same grid, chunk rule, workspace and
-counters). With no config, 'sync' runs 'mma' for GQA groups of >= 3 heads when the step's K/V
-is small (TUNING mma_min_group / mma_max_kv_mb: latency-bound steps, where it measured 10-15%
-faster on the H100) and 'cuda_core' elsewhere (DRAM-bound steps, where it is 5-9% faster).
+Three implementations of 'sync' (config["impl"]): 'cuda_core' (decode_attention.cu), 'mma'
+(decode_attention_mma.cu: Q K^T and P V on tensor cores) and 'bulk' (decode_attention.cu built
+with BULK: K/V reach shared memory through per-warp cp.async.bulk rings instead of register
+loads; sm_90), all with the same grid, chunk rule, workspace and counters. With no config,
+'sync' runs 'mma' for GQA groups of >= 3 heads when the step's K/V is small (TUNING
+mma_min_group / mma_max_kv_mb: latency-bound steps, where it measured 10-15% faster on the
+H100), 'bulk' for GQA groups of 2-4 heads when the step's K/V is >= 1 GB (bulk_groups /
+bulk_min_kv_mb: 1-2% faster there) and 'cuda_core' elsewhere.
 
 Plan once per step (`plan_decode`: splits from the bucket's batch and max length), run per
 layer (`decode_attention`). The workspace depends only on the plan, so it is allocated once per
@@ -51,6 +54,15 @@ TUNING = {
                     # the H100. 4 warps x 16-token tiles x 3 stages = 104 KB of cp.async ring at
                     # D=128 (2 blocks/SM, 16 KB in flight per warp); see kernel_config().
                     mma=dict(num_warps=4, tile=16, stages=3, min_blocks=2),
+                    # CUDA-core kernel fed by cp.async.bulk rings (impl "bulk", sm_90, sync
+                    # only): 8 warps x 2 slots of 8-token K/V tiles, 64 KB per block, one block
+                    # per SM at 168 registers (session 6 A/B of 8 shapes: docs notes)
+                    bulk=dict(num_warps=8, unroll=4, stages=2, min_blocks=1),
+                    # where 'sync' runs the bulk build unasked: GQA groups of bulk_groups heads,
+                    # head_dim 128, a step's K/V of >= bulk_min_kv_mb, sm_90 (H100, session 6,
+                    # same call: 0.8-2.3% faster than 'cuda_core' on 32/8 from 1 GB of K/V up,
+                    # even at 0.5 GB, 1% slower for MHA and up to 19% slower on small steps)
+                    bulk_groups=(2, 4), bulk_min_kv_mb=1000,
                     # where 'sync' runs the tensor-core kernel unasked (decode_attention with
                     # no config): a GQA group of >= mma_min_group heads and a step's K/V of
                     # <= mma_max_kv_mb (H100, session 4 grid: mma 5.0 vs 5.7 us at B1 32/8 1k,
@@ -78,7 +90,7 @@ def head_group(num_q_heads: int, num_kv_heads: int) -> int:
     return max(d for d in range(1, min(g, MAX_GROUP) + 1) if g % d == 0)
 
 
-IMPLS = ("cuda_core", "mma")
+IMPLS = ("cuda_core", "mma", "bulk")
 
 
 def kernel_config(head_dim: int, group: int, kv_bytes: int = 0,
@@ -95,11 +107,11 @@ def kernel_config(head_dim: int, group: int, kv_bytes: int = 0,
     t = tune or TUNING["default"]
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, not {impl!r}")
-    if impl == "mma":
+    if impl in ("mma", "bulk"):
         if is_async:
-            raise ValueError("the tensor-core decode kernel (impl='mma') implements the 'sync' "
+            raise ValueError(f"the decode kernel impl={impl!r} implements the 'sync' "
                              "variant only; use impl='cuda_core' for 'async'")
-        return dict(impl="mma", **t["mma"])
+        return dict(impl=impl, **t[impl])
     lo_mb, hi_mb = t["prefetch_kv_mb"]
     prefetch = int(lo_mb * 1e6 < kv_bytes <= hi_mb * 1e6)
     if group <= 4:
@@ -125,6 +137,29 @@ def mma_smem_bytes(head_dim: int, group: int, cfg: dict) -> int:
     return max(ring, -(-block // 16) * 16)
 
 
+def bulk_smem_bytes(head_dim: int, group: int, cfg: dict) -> int:
+    """Dynamic shared memory of the impl='bulk' build of decode_attention.cu (BULK_RING_BYTES
+    or the BlockSmem overlaying the rings, whichever is larger; the kernel traps on less)."""
+    tile = 32 // (head_dim // 8) * cfg["unroll"]
+    ring = cfg["num_warps"] * cfg["stages"] * 2 * tile * head_dim * 2
+    block = cfg["num_warps"] * group * (head_dim + 3) * 4
+    return max(ring, -(-block // 16) * 16)
+
+
+def _check_bulk_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
+    """Validate an impl='bulk' shape; returns its dynamic shared memory in bytes."""
+    nw, unroll, stages = cfg["num_warps"], cfg["unroll"], cfg["stages"]
+    tile = 32 // (head_dim // 8) * unroll
+    if (nw < 1 or nw > 32 or nw & (nw - 1) or unroll < 1 or unroll & (unroll - 1)
+            or tile > 16 or stages < 2):
+        raise ValueError(f"bulk config needs num_warps and unroll powers of 2, at most 16 "
+                         f"tokens per warp step (32 / (D / 8) * unroll) and stages >= 2: {cfg}")
+    smem = bulk_smem_bytes(head_dim, group, cfg)
+    if smem > tune["smem_per_sm"] - tune["smem_per_block_reserved"]:
+        raise ValueError(f"bulk config {cfg} needs {smem} B of shared memory per block")
+    return smem
+
+
 def _check_mma_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
     """Validate an impl='mma' shape; returns its dynamic shared memory in bytes."""
     nw, tile, stages = cfg["num_warps"], cfg["tile"], cfg["stages"]
@@ -140,17 +175,24 @@ def _check_mma_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
 def _blocks_per_sm(head_dim: int, group: int, cfg: dict, t: dict) -> int:
     """Resident blocks per SM the plan assumes: registers (warps_per_sm at 128 registers) for
     the CUDA-core kernel; also shared memory for the tensor-core one."""
+    impl = cfg.get("impl", "cuda_core")
     by_regs = max(1, t["warps_per_sm"] // cfg["num_warps"])
-    if cfg.get("impl", "cuda_core") != "mma":
+    if impl == "cuda_core":
         return by_regs
-    per_block = mma_smem_bytes(head_dim, group, cfg) + t["smem_per_block_reserved"]
+    if impl == "bulk":
+        by_regs = max(1, cfg.get("min_blocks", 1))
+    smem_bytes = mma_smem_bytes if impl == "mma" else bulk_smem_bytes
+    per_block = smem_bytes(head_dim, group, cfg) + t["smem_per_block_reserved"]
     return max(1, min(by_regs, t["smem_per_sm"] // per_block))
 
 
 def _config_tuple(cfg: dict) -> tuple:
-    """plan_decode's hashable config: (num_warps, unroll) or ('mma', num_warps, tile, stages)."""
+    """plan_decode's hashable config: (num_warps, unroll), ('mma', num_warps, tile, stages)
+    or ('bulk', num_warps, unroll, stages, min_blocks)."""
     if cfg.get("impl", "cuda_core") == "mma":
         return ("mma", cfg["num_warps"], cfg["tile"], cfg["stages"])
+    if cfg.get("impl") == "bulk":
+        return ("bulk", cfg["num_warps"], cfg["unroll"], cfg["stages"], cfg.get("min_blocks", 1))
     return (cfg["num_warps"], cfg["unroll"])
 
 
@@ -174,6 +216,8 @@ def plan_decode(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int, *
     g_blk = max(d for d in range(1, min(group, MAX_GROUP) + 1) if group % d == 0)
     if config and config[0] == "mma":
         cfg = dict(zip(("impl", "num_warps", "tile", "stages"), config))
+    elif config and config[0] == "bulk":
+        cfg = dict(zip(("impl", "num_warps", "unroll", "stages", "min_blocks"), config))
     elif config:
         cfg = dict(zip(("num_warps", "unroll"), config))
     else:
@@ -256,6 +300,45 @@ def num_sms(device_id: int = 0) -> int:
     return int(cp.cuda.Device(device_id).attributes["MultiProcessorCount"])
 
 
+def default_config(group: int, head_dim: int, kv_bytes: int, is_async: bool,
+                   cache_rows: int = 0) -> dict | None:
+    """The implementation a call with no config runs (None: 'cuda_core', the tuned shape):
+    'mma' for short GQA steps (TUNING mma_min_group / mma_max_kv_mb; its row index is 32-bit),
+    'bulk' for long GQA steps on sm_90 (bulk_groups / bulk_min_kv_mb, head_dim 128). Both are
+    sync only. group: query heads per block (head_group)."""
+    t = TUNING["default"]
+    if is_async:
+        return None
+    if group >= t["mma_min_group"] and kv_bytes <= t["mma_max_kv_mb"] * 1e6 and cache_rows < 1 << 32:
+        return {"impl": "mma"}  # latency-bound: tensor cores
+    if (t["bulk_groups"][0] <= group <= t["bulk_groups"][1] and head_dim == 128
+            and kv_bytes >= t["bulk_min_kv_mb"] * 1e6
+            and compute_capability(cp.cuda.Device().id) >= 90):
+        return {"impl": "bulk"}  # DRAM-bound GQA: cp.async.bulk rings
+    return None
+
+
+def planned_splits(batch: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                   max_seq_len: int, config: dict | None = None, is_async: bool = False) -> int:
+    """The split count decode_attention plans for this step and config (None: the default
+    rule's choice), for tools that report it."""
+    group = head_group(num_q_heads, num_kv_heads)
+    kv_bytes = 2 * batch * num_kv_heads * max_seq_len * head_dim * 2
+    if config is None:
+        config = default_config(group, head_dim, kv_bytes, is_async)
+    impl = (config or {}).get("impl", "cuda_core")
+    cfg = {**kernel_config(head_dim, group, kv_bytes, is_async=is_async, impl=impl),
+           **(config or {})}
+    return plan_decode(batch, num_kv_heads, max_seq_len, num_sms(cp.cuda.Device().id),
+                       group=num_q_heads // num_kv_heads, head_dim=head_dim,
+                       config=_config_tuple(cfg))
+
+
+@functools.lru_cache(maxsize=None)
+def compute_capability(device_id: int = 0) -> int:
+    return int(cp.cuda.Device(device_id).compute_capability)
+
+
 def _is_bf16(a) -> bool:
     return a.dtype == np.uint16 or a.dtype.name == "bfloat16"
 
@@ -276,10 +359,11 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     'bfloat16' dtype or raw uint16 bits; out has q's dtype. num_splits / config override the
     plan and the tuned kernel shape (tests, tools/bench_attention.py); min_chunk overrides the
     tuned least tokens per split (the device's chunk rule for short sequences).
-    config["impl"]: 'cuda_core' (default) or 'mma' (tensor cores, decode_attention_mma.cu,
-    variant 'sync' only: 'async' raises ValueError); a partial mma config such as
-    dict(impl="mma", stages=4) takes the other keys (num_warps, tile, stages, min_blocks)
-    from the tuned TUNING["default"]["mma"]."""
+    config["impl"]: 'cuda_core' (default), 'mma' (tensor cores, decode_attention_mma.cu) or
+    'bulk' (cp.async.bulk rings, sm_90), both variant 'sync' only ('async' raises ValueError);
+    a partial mma or bulk config such as
+    dict(impl="mma", stages=4) takes the other keys (mma: num_warps, tile, stages,
+    min_blocks; bulk: num_warps, unroll, stages, min_blocks) from TUNING["default"][impl]."""
     if variant not in ("sync", "async"):
         raise ValueError(f"variant must be 'sync' or 'async', not {variant!r}")
     if variant == "async" and phi is None:
@@ -309,16 +393,22 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     y = hq // group
     kv_bytes = 2 * batch * hkv * int(max_seq_len) * d * k_cache.itemsize
     is_async = variant == "async"
+    if config is None:
+        config = default_config(group, d, kv_bytes, is_async, nb * hkv * bs)
     impl = (config or {}).get("impl", "cuda_core")
-    t = TUNING["default"]
-    if (config is None and not is_async and group >= t["mma_min_group"]
-            and kv_bytes <= t["mma_max_kv_mb"] * 1e6 and nb * hkv * bs < 1 << 32):
-        impl, config = "mma", {"impl": "mma"}  # short contexts: tensor cores (TUNING above)
     if impl == "mma":  # the tuned shape, overridden by what config names
         cfg = {**kernel_config(d, group, kv_bytes, is_async=is_async, impl="mma"), **config}
         smem = _check_mma_config(d, group, cfg, TUNING["default"])
         if nb * hkv * bs >= 1 << 32:  # the kernel's cache row index is 32-bit
             raise ValueError(f"impl='mma' needs fewer than 2^32 cache rows, not {nb * hkv * bs}")
+    elif impl == "bulk":
+        if is_async:
+            raise ValueError("the decode kernel impl='bulk' implements the 'sync' variant only; "
+                             "use impl='cuda_core' for 'async'")
+        if compute_capability(cp.cuda.Device().id) < 90:
+            raise ValueError("impl='bulk' needs sm_90 (cp.async.bulk)")
+        cfg = {**kernel_config(d, group, kv_bytes, impl="bulk"), **config}
+        smem = _check_bulk_config(d, group, cfg, TUNING["default"])
     else:
         if impl != "cuda_core":
             raise ValueError(f"config impl must be one of {IMPLS}, not {impl!r}")
@@ -342,6 +432,11 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
                        STAGES=cfg["stages"], MIN_BLOCKS=cfg.get("min_blocks", 2),
                        L2_256=int(cfg.get("l2_256", 0)))
         name = ("decode_attention_mma.cu", "decode_attention_mma_kernel")
+    elif impl == "bulk":
+        defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"],
+                       UNROLL=cfg["unroll"], BULK=cfg["stages"], PREFETCH=0,
+                       MIN_BLOCKS=cfg.get("min_blocks", 1))
+        name = ("decode_attention.cu", "decode_attention_kernel")
     else:
         smem = 0
         defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"],
