@@ -128,13 +128,17 @@ def tokens_per_step(head_dim: int, cfg: dict) -> int:
     return (32 // (head_dim // 8)) * cfg["unroll"] * cfg["num_warps"]
 
 
+def _block_smem_bytes(head_dim: int, group: int, num_warps: int) -> int:
+    """sizeof(BlockSmem) (decode_common.cuh): o, m, l, m_true floats per warp and head."""
+    return -(-num_warps * group * (head_dim + 3) * 4 // 16) * 16
+
+
 def mma_smem_bytes(head_dim: int, group: int, cfg: dict) -> int:
     """Dynamic shared memory of decode_attention_mma.cu (its SMEM_BYTES; the kernel traps on
     less): the per-warp cp.async rings (K and V tiles of `tile` rows, row stride D + 8
     elements) or the BlockSmem that overlays them after the loop, whichever is larger."""
     ring = cfg["num_warps"] * cfg["stages"] * 2 * cfg["tile"] * (head_dim + 8) * 2
-    block = cfg["num_warps"] * group * (head_dim + 3) * 4  # o, m, l, m_true floats
-    return max(ring, -(-block // 16) * 16)
+    return max(ring, _block_smem_bytes(head_dim, group, cfg["num_warps"]))
 
 
 def bulk_smem_bytes(head_dim: int, group: int, cfg: dict) -> int:
@@ -142,8 +146,13 @@ def bulk_smem_bytes(head_dim: int, group: int, cfg: dict) -> int:
     or the BlockSmem overlaying the rings, whichever is larger; the kernel traps on less)."""
     tile = 32 // (head_dim // 8) * cfg["unroll"]
     ring = cfg["num_warps"] * cfg["stages"] * 2 * tile * head_dim * 2
-    block = cfg["num_warps"] * group * (head_dim + 3) * 4
-    return max(ring, -(-block // 16) * 16)
+    return max(ring, _block_smem_bytes(head_dim, group, cfg["num_warps"]))
+
+
+def _fits_smem(impl: str, cfg: dict, smem: int, tune: dict) -> int:
+    if smem > tune["smem_per_sm"] - tune["smem_per_block_reserved"]:
+        raise ValueError(f"{impl} config {cfg} needs {smem} B of shared memory per block")
+    return smem
 
 
 def _check_bulk_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
@@ -154,10 +163,7 @@ def _check_bulk_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
             or tile > 16 or stages < 2):
         raise ValueError(f"bulk config needs num_warps and unroll powers of 2, at most 16 "
                          f"tokens per warp step (32 / (D / 8) * unroll) and stages >= 2: {cfg}")
-    smem = bulk_smem_bytes(head_dim, group, cfg)
-    if smem > tune["smem_per_sm"] - tune["smem_per_block_reserved"]:
-        raise ValueError(f"bulk config {cfg} needs {smem} B of shared memory per block")
-    return smem
+    return _fits_smem("bulk", cfg, bulk_smem_bytes(head_dim, group, cfg), tune)
 
 
 def _check_mma_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
@@ -166,10 +172,7 @@ def _check_mma_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
     if nw < 1 or nw > 32 or nw & (nw - 1) or tile not in (16, 32) or stages < 2:
         raise ValueError(f"mma config needs num_warps a power of 2 <= 32, tile 16 or 32, "
                          f"stages >= 2: {cfg}")
-    smem = mma_smem_bytes(head_dim, group, cfg)
-    if smem > tune["smem_per_sm"] - tune["smem_per_block_reserved"]:
-        raise ValueError(f"mma config {cfg} needs {smem} B of shared memory per block")
-    return smem
+    return _fits_smem("mma", cfg, mma_smem_bytes(head_dim, group, cfg), tune)
 
 
 def _blocks_per_sm(head_dim: int, group: int, cfg: dict, t: dict) -> int:
