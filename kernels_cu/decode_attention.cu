@@ -435,11 +435,7 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
         return;
 
 #if BULK
-    {
-        unsigned dyn;  // a launch with less shared memory than the rings need must not run
-        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-        if (dyn < (unsigned)max(BULK_RING_BYTES, (int)sizeof(BlockSmem))) __trap();
-    }
+    require_dynamic_smem(max(BULK_RING_BYTES, (int)sizeof(BlockSmem)));
     BlockSmem& sm = *reinterpret_cast<BlockSmem*>(bulk_smem);  // overlays the rings, later
 #else
     __shared__ BlockSmem sm;

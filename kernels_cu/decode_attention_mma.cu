@@ -292,11 +292,7 @@ decode_attention_mma_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
         return;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    {
-        unsigned dyn;  // a launch with less shared memory than the layout needs must not run
-        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-        if (dyn < (unsigned)SMEM_BYTES) __trap();
-    }
+    require_dynamic_smem(SMEM_BYTES);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
 
     // Q as A fragments: row g = head head0 + g (zero for g >= GROUP), rows g + 8 zero; loaded

@@ -10,6 +10,7 @@
 //   BlockSmem                              per-warp states (o, m, l, m_true) of one block
 //   merge_warps(sm, g, d4, M, l, acc)      block state of head g, dims 4*d4 .. 4*d4+3
 //   store_out4(p, acc, l)                  acc / l -> 4 dtype_t (l = 0: zeros)
+//   require_dynamic_smem(bytes)            trap when the launch gave less dynamic shared memory
 //   arrive_acq_rel(p)                      the split counter's gpu-scope acq_rel arrival
 //   finish_block(sm, ...)                  everything after the warp states are in sm: direct
 //                                          write (one active split), or partial write, counter
@@ -37,6 +38,13 @@ __device__ __forceinline__ bool split_range(int len, int num_splits, int split, 
     start = split * chunk;
     end = min(len, start + chunk);
     return split < num_active;
+}
+
+// Kernels whose shared-memory layout the launcher sizes (rings) must not run on less.
+__device__ __forceinline__ void require_dynamic_smem(unsigned bytes) {
+    unsigned dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    if (dyn < bytes) __trap();
 }
 
 __device__ __forceinline__ float exp2_approx(float x) {

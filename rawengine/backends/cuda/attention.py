@@ -321,17 +321,36 @@ def default_config(group: int, head_dim: int, kv_bytes: int, is_async: bool,
     return None
 
 
+def resolve_config(head_dim: int, group: int, kv_bytes: int, is_async: bool,
+                   config: dict | None = None, cache_rows: int = 0) -> tuple[dict, int]:
+    """The kernel shape a call runs (config over its impl's tuned shape; None: the default
+    rule's choice) and its dynamic shared memory in bytes. Raises ValueError for an impl or
+    shape the kernels cannot run (async on 'mma'/'bulk', 'bulk' below sm_90, a 32-bit row
+    index overflow on 'mma', rings over the shared memory)."""
+    if config is None:
+        config = default_config(group, head_dim, kv_bytes, is_async, cache_rows)
+    config = config or {}
+    impl = config.get("impl", "cuda_core")
+    cfg = {**kernel_config(head_dim, group, kv_bytes, is_async=is_async, impl=impl), **config}
+    if impl == "mma":
+        smem = _check_mma_config(head_dim, group, cfg, TUNING["default"])
+        if cache_rows >= 1 << 32:  # the kernel's cache row index is 32-bit
+            raise ValueError(f"impl='mma' needs fewer than 2^32 cache rows, not {cache_rows}")
+        return cfg, smem
+    if impl == "bulk":
+        if compute_capability(cp.cuda.Device().id) < 90:
+            raise ValueError("impl='bulk' needs sm_90 (cp.async.bulk)")
+        return cfg, _check_bulk_config(head_dim, group, cfg, TUNING["default"])
+    return cfg, 0
+
+
 def planned_splits(batch: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
                    max_seq_len: int, config: dict | None = None, is_async: bool = False) -> int:
     """The split count decode_attention plans for this step and config (None: the default
     rule's choice), for tools that report it."""
-    group = head_group(num_q_heads, num_kv_heads)
     kv_bytes = 2 * batch * num_kv_heads * max_seq_len * head_dim * 2
-    if config is None:
-        config = default_config(group, head_dim, kv_bytes, is_async)
-    impl = (config or {}).get("impl", "cuda_core")
-    cfg = {**kernel_config(head_dim, group, kv_bytes, is_async=is_async, impl=impl),
-           **(config or {})}
+    cfg, _ = resolve_config(head_dim, head_group(num_q_heads, num_kv_heads), kv_bytes,
+                            is_async, config)
     return plan_decode(batch, num_kv_heads, max_seq_len, num_sms(cp.cuda.Device().id),
                        group=num_q_heads // num_kv_heads, head_dim=head_dim,
                        config=_config_tuple(cfg))
@@ -396,26 +415,8 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     y = hq // group
     kv_bytes = 2 * batch * hkv * int(max_seq_len) * d * k_cache.itemsize
     is_async = variant == "async"
-    if config is None:
-        config = default_config(group, d, kv_bytes, is_async, nb * hkv * bs)
-    impl = (config or {}).get("impl", "cuda_core")
-    if impl == "mma":  # the tuned shape, overridden by what config names
-        cfg = {**kernel_config(d, group, kv_bytes, is_async=is_async, impl="mma"), **config}
-        smem = _check_mma_config(d, group, cfg, TUNING["default"])
-        if nb * hkv * bs >= 1 << 32:  # the kernel's cache row index is 32-bit
-            raise ValueError(f"impl='mma' needs fewer than 2^32 cache rows, not {nb * hkv * bs}")
-    elif impl == "bulk":
-        if is_async:
-            raise ValueError("the decode kernel impl='bulk' implements the 'sync' variant only; "
-                             "use impl='cuda_core' for 'async'")
-        if compute_capability(cp.cuda.Device().id) < 90:
-            raise ValueError("impl='bulk' needs sm_90 (cp.async.bulk)")
-        cfg = {**kernel_config(d, group, kv_bytes, impl="bulk"), **config}
-        smem = _check_bulk_config(d, group, cfg, TUNING["default"])
-    else:
-        if impl != "cuda_core":
-            raise ValueError(f"config impl must be one of {IMPLS}, not {impl!r}")
-        cfg = {**kernel_config(d, group, kv_bytes, is_async=is_async), **(config or {})}
+    cfg, smem = resolve_config(d, group, kv_bytes, is_async, config, nb * hkv * bs)
+    impl = cfg.get("impl", "cuda_core")
     if num_splits is None:
         num_splits = plan_decode(batch, hkv, int(max_seq_len), num_sms(cp.cuda.Device().id),
                                  group=hq // hkv, head_dim=d, config=_config_tuple(cfg))
@@ -441,7 +442,6 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
                        MIN_BLOCKS=cfg.get("min_blocks", 1))
         name = ("decode_attention.cu", "decode_attention_kernel")
     else:
-        smem = 0
         defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"],
                        UNROLL=cfg["unroll"], IS_ASYNC=int(is_async),
                        PREFETCH=int(cfg.get("prefetch", 0)),
