@@ -17,6 +17,7 @@
 //   block_sum / block_max(v, scratch)      whole-block reductions; scratch: __shared__ float[32];
 //                                          every thread gets the result; blockDim.x % 32 == 0
 //   NEG_INF, cdiv
+//   require_dynamic_smem(bytes)            trap unless launched with >= bytes of dynamic smem
 //   RE_PDL_WAIT() / RE_PDL_TRIGGER()       programmatic dependent launch (below)
 // Portability: CUDA-only intrinsics sit behind the RE_* macros so a HIP build only edits this file.
 #pragma once
@@ -76,6 +77,13 @@ typedef DTYPE dtype_t;
 #endif
 
 __device__ __forceinline__ int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+// Kernels whose shared-memory layout the launcher sizes (rings) must not run on less.
+__device__ __forceinline__ void require_dynamic_smem(unsigned bytes) {
+    unsigned dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    if (dyn < bytes) __trap();
+}
 
 // ---- scalar conversion ---------------------------------------------------------------------
 __device__ __forceinline__ float to_f32(float x) { return x; }

@@ -40,13 +40,6 @@ __device__ __forceinline__ bool split_range(int len, int num_splits, int split, 
     return split < num_active;
 }
 
-// Kernels whose shared-memory layout the launcher sizes (rings) must not run on less.
-__device__ __forceinline__ void require_dynamic_smem(unsigned bytes) {
-    unsigned dyn;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-    if (dyn < bytes) __trap();
-}
-
 __device__ __forceinline__ float exp2_approx(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

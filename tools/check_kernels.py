@@ -82,6 +82,20 @@ VARIANTS += [
 ]
 
 
+def decode_step_variants() -> list[tuple[str, dict]]:
+    """The persistent batch-1 step (sm_90 only) at SmolLM2-135M's shape on the H100's 132 SMs."""
+    sys.path.insert(0, str(ROOT))
+    from rawengine.backends.cuda.decode_step import shape_defines
+    from rawengine.config import ModelConfig
+    from rawengine.presets import PRESETS
+
+    df = shape_defines(ModelConfig.from_dict(PRESETS["smollm2-135m"]), 132)
+    return [("decode_step.cu", {**df, "SM": "90"}), ("decode_step.cu", {**df, **BF16, "SM": "90"})]
+
+
+VARIANTS += decode_step_variants()
+
+
 
 def gemv_variants() -> list[tuple[str, dict]]:
     """GEMV as decode launches it: every gemv config of the shipped dispatch table at each M it

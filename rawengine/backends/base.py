@@ -147,6 +147,11 @@ class Backend:
         Default: the unfused ops; a backend may run it as one kernel."""
         return self.linear(self.silu_mul(gate_up), w, bias)
 
+    def decode_step(self, model, ids: Array, meta: StepMeta, kv_caches: list):
+        """A whole decode step of `model` as one fused launch -> logits [B, V], or None where
+        the backend has none for this model and batch (the model then runs its op list)."""
+        return None
+
     def add(self, x: Array, y: Array) -> Array:
         """x + y (residual)."""
         raise NotImplementedError

@@ -53,7 +53,9 @@ class LlamaModel:
     """forward: embedding -> [(+residual) rmsnorm+qkv+rope+kv_write -> attention -> o_proj
     -> (+residual) rmsnorm+gate_up+silu_mul -> down] x L -> rmsnorm -> lm_head.
     norm_linear_rope / norm_linear_silu are one kernel each on the CUDA backend at small
-    decode sizes, and rmsnorm + one GEMV (RoPE / SiLU-mul in its output) at large ones."""
+    decode sizes, and rmsnorm + one GEMV (RoPE / SiLU-mul in its output) at large ones.
+    A backend may run a whole decode step as one launch (Backend.decode_step; the CUDA backend
+    does for small models at batch 1, kernels_cu/decode_step.cu)."""
 
     def __init__(self, cfg: ModelConfig, backend: Backend, weights: dict, max_positions: int):
         self.cfg, self.b = cfg, backend
@@ -67,6 +69,10 @@ class LlamaModel:
     def forward(self, ids, meta: StepMeta, kv_caches: list) -> object:
         """ids [T] int32 -> logits [B, V] for the last token of each sequence."""
         b, c = self.b, self.cfg
+        if meta.is_decode:  # small models at batch 1: the whole step in one kernel (CUDA)
+            logits = b.decode_step(self, ids, meta, kv_caches)
+            if logits is not None:
+                return logits
         x = b.embedding(ids, self.embed)
         residual = None
         for w, (k_cache, v_cache) in zip(self.layers, kv_caches):

@@ -8,6 +8,8 @@ Decode attention and linear layers are delegated to attention.py / gemm.py (othe
 
 from __future__ import annotations
 
+import weakref
+
 import cupy as cp
 import numpy as np
 
@@ -57,6 +59,7 @@ class CudaBackend(Backend):
         # faster on the H100 once both are spill-free: 1.23x vs 1.21x torch SDPA flash
         # (BENCHMARKS.md, decode attention).
         self.attention_variant, self.softmax_phi = "sync", 0.0
+        self._decode_steps = weakref.WeakKeyDictionary()  # model -> DecodeStep or None
 
     def _k(self, file: str, name: str, **defines):
         return kernel(file, name, {**self._dt, **defines})
@@ -234,6 +237,18 @@ class CudaBackend(Backend):
 
         y = gemm.silu_mul_linear(gate_up, w, bias)
         return y if y is not None else super().silu_mul_linear(gate_up, w, bias)
+
+    def decode_step(self, model, ids, meta: StepMeta, kv_caches: list):
+        """Batch 1 with the synchronized decode attention: the whole step as one persistent
+        kernel where decode_step.why_not allows it (small models on sm_90); else None."""
+        if ids.shape[0] != 1 or self.attention_variant != "sync" or not self.use_decode_kernel:
+            return None
+        if model not in self._decode_steps:
+            from .decode_step import build
+
+            self._decode_steps[model] = build(self, model)
+        step = self._decode_steps[model]
+        return None if step is None else step(ids, meta, kv_caches)
 
     def rope_kv_write(self, qkv, meta: StepMeta, cos, sin, k_cache, v_cache, num_q_heads,
                       num_kv_heads, head_dim):
