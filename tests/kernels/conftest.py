@@ -25,23 +25,9 @@ def be(request):
 def smollm2_shaped(tmp_path_factory):
     """SmolLM2-135M dimensions (hidden 576, 9/3 heads, head_dim 64, vocab 49152), 4 layers,
     random fp16 weights written as a real checkpoint so both backends load the same bytes."""
-    import json
+    from kutil import write_random_checkpoint
 
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    from rawengine.config import ModelConfig
-    from rawengine.models.llama import hf_shapes
     from rawengine.presets import PRESETS
 
-    d = tmp_path_factory.mktemp("smollm2")
     cfg_dict = dict(PRESETS["smollm2-135m"], num_hidden_layers=4)
-    (d / "config.json").write_text(json.dumps(cfg_dict))
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for name, shape in hf_shapes(ModelConfig.from_dict(cfg_dict)).items():
-        std = 1.0 if "embed" in name else shape[-1] ** -0.5
-        w = rng.standard_normal(shape).astype(np.float32) * std
-        tensors[name] = (w + 1.0 if len(shape) == 1 else w).astype(np.float16)
-    save_file(tensors, str(d / "model.safetensors"))
-    return d
+    return write_random_checkpoint(tmp_path_factory.mktemp("smollm2"), cfg_dict, seed=0)

@@ -23,6 +23,27 @@ requires_gpu = pytest.mark.skipif(not has_gpu(), reason="needs CuPy and a CUDA d
 DTYPES = ["float16", "bfloat16"]
 
 
+def write_random_checkpoint(d, cfg: dict, seed: int = 0):
+    """config.json + model.safetensors of random fp16 weights for a llama-family config, so
+    the NumPy and CUDA engines load the same bytes. Returns d."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from rawengine.config import ModelConfig
+    from rawengine.models.llama import hf_shapes
+
+    (d / "config.json").write_text(json.dumps(cfg))
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in hf_shapes(ModelConfig.from_dict(cfg)).items():
+        std = 1.0 if "embed" in name else shape[-1] ** -0.5
+        w = rng.standard_normal(shape).astype(np.float32) * std
+        tensors[name] = (w + 1.0 if len(shape) == 1 else w).astype(np.float16)
+    save_file(tensors, str(d / "model.safetensors"))
+    return d
+
+
 def rnd(x, dtype: str) -> np.ndarray:
     """Round float32 values to dtype and back to float32."""
     x = np.asarray(x, np.float32)

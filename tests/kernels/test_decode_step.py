@@ -5,13 +5,12 @@ References: the NumPy float32 engine (same checkpoint bytes) and the unfused CUD
 decode logits at every step, for contexts that start, cross and end on attention tile (32 keys)
 and split boundaries, and long enough that units span several tiles."""
 
-import json
 import types
 
 import numpy as np
 import pytest
 
-from kutil import has_gpu  # noqa: E402
+from kutil import has_gpu, write_random_checkpoint  # noqa: E402
 
 if not has_gpu():
     pytest.skip("needs CuPy and a CUDA device", allow_module_level=True)
@@ -29,20 +28,7 @@ if int(cp.cuda.Device().compute_capability) < 90:
 
 
 def make_checkpoint(d, **cfg):
-    from safetensors.numpy import save_file
-
-    from rawengine.config import ModelConfig
-    from rawengine.models.llama import hf_shapes
-
-    (d / "config.json").write_text(json.dumps(cfg))
-    rng = np.random.default_rng(1)
-    tensors = {}
-    for name, shape in hf_shapes(ModelConfig.from_dict(cfg)).items():
-        std = 1.0 if "embed" in name else shape[-1] ** -0.5
-        w = rng.standard_normal(shape).astype(np.float32) * std
-        tensors[name] = (w + 1.0 if len(shape) == 1 else w).astype(np.float16)
-    save_file(tensors, str(d / "model.safetensors"))
-    return d
+    return write_random_checkpoint(d, cfg, seed=1)
 
 
 BASE = dict(model_type="llama", rms_norm_eps=1e-5, rope_theta=10000.0, torch_dtype="float16",
