@@ -511,6 +511,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) decode_step_kernel(
 // out[b] = the counter value block b saw after its last barrier (>= n * gridDim.x).
 extern "C" __global__ void grid_sync_probe_kernel(unsigned* counters, int n, unsigned* out) {
     RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
     unsigned target = 0;
     for (int i = 0; i < n; ++i) grid_sync(counters, target += gridDim.x);
     if (threadIdx.x == 0) out[blockIdx.x] = __ldcg(counters);
