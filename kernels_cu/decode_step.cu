@@ -159,14 +159,12 @@ __device__ void norm_input(const dtype_t* resid, const dtype_t* x, bool x_in_ker
     for (int v = threadIdx.x; v < HIDDEN / 8; v += NT) {
         float h[8], r[8];
         if (x_in_kernel) {
-            const uint4 u = ld_cg16(x + v * 8);
-            load8(reinterpret_cast<const dtype_t*>(&u), h);
+            load8_cg(x + v * 8, h);
         } else {
             load8(x + v * 8, h);
         }
         if (resid) {
-            const uint4 u = ld_cg16(resid + v * 8);
-            load8(reinterpret_cast<const dtype_t*>(&u), r);
+            load8_cg(resid + v * 8, r);
 #pragma unroll
             for (int e = 0; e < 8; ++e) h[e] = to_f32(from_f32<dtype_t>(h[e] + r[e]));
         }
@@ -470,9 +468,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) decode_step_kernel(
 
         // ---- E: down rows ----
         for (int v = tid; v < INTER / 8; v += NT) {
-            const uint4 u = ld_cg16(act + v * 8);
             float f[8];
-            load8(reinterpret_cast<const dtype_t*>(&u), f);
+            load8_cg(act + v * 8, f);
 #pragma unroll
             for (int e = 0; e < 8; ++e) xs[v * 8 + e] = f[e];
         }

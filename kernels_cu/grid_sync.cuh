@@ -10,7 +10,7 @@
 //   grid_exit(counters)          counters[1] counts exited blocks; the last block to exit has
 //                                seen every other block pass every barrier, so it resets both
 //                                counters to 0 for the next launch (stream order publishes it).
-//   ld_cg16 / ld_cg_f32          loads of data another block wrote in this launch: L2 only
+//   load8_cg(p, f[8])            load8 of data another block wrote in this launch: L2 only
 //                                (.cg), never a stale L1 line.
 // A barrier that cannot complete (a block that never arrives) traps after ~2^24 polls (seconds)
 // instead of hanging the process.
@@ -43,7 +43,8 @@ __device__ __forceinline__ void grid_exit(unsigned* counters) {
     }
 }
 
-__device__ __forceinline__ uint4 ld_cg16(const void* p) {
-    return __ldcg(reinterpret_cast<const uint4*>(p));
+template <typename T>
+__device__ __forceinline__ void load8_cg(const T* p, float f[8]) {
+    const uint4 u = __ldcg(reinterpret_cast<const uint4*>(p));
+    load8(reinterpret_cast<const T*>(&u), f);
 }
-__device__ __forceinline__ float ld_cg_f32(const float* p) { return __ldcg(p); }
