@@ -17,6 +17,8 @@
 //   block_sum / block_max(v, scratch)      whole-block reductions; scratch: __shared__ float[32];
 //                                          every thread gets the result; blockDim.x % 32 == 0
 //   NEG_INF, cdiv
+//   arrive_acq_rel(p)                      counter arrival (gpu-scope acq_rel) of a last-block
+//                                          merge; returns the old count
 //   require_dynamic_smem(bytes)            trap unless launched with >= bytes of dynamic smem
 //   RE_PDL_WAIT() / RE_PDL_TRIGGER()       programmatic dependent launch (below)
 // Portability: CUDA-only intrinsics sit behind the RE_* macros so a HIP build only edits this file.
@@ -77,6 +79,21 @@ typedef DTYPE dtype_t;
 #endif
 
 __device__ __forceinline__ int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+// Counter arrival of a last-block-finishes pattern: returns the old count. gpu-scope acq_rel:
+// releases what this thread (and, after a __syncthreads, its block) wrote before it; the last
+// arrival acquires every earlier block's writes (then a __syncthreads shares them).
+#if defined(__HIP_PLATFORM_AMD__)
+__device__ __forceinline__ int arrive_acq_rel(int* p) {
+    return __hip_atomic_fetch_add(p, 1, __ATOMIC_ACQ_REL, __HIP_MEMORY_SCOPE_AGENT);
+}
+#else
+__device__ __forceinline__ int arrive_acq_rel(int* p) {
+    int old;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(p) : "memory");
+    return old;
+}
+#endif
 
 // Kernels whose shared-memory layout the launcher sizes (rings) must not run on less.
 __device__ __forceinline__ void require_dynamic_smem(unsigned bytes) {

@@ -11,7 +11,6 @@
 //   merge_warps(sm, g, d4, M, l, acc)      block state of head g, dims 4*d4 .. 4*d4+3
 //   store_out4(p, acc, l)                  acc / l -> 4 dtype_t (l = 0: zeros)
 //   require_dynamic_smem(bytes)            trap when the launch gave less dynamic shared memory
-//   arrive_acq_rel(p)                      the split counter's gpu-scope acq_rel arrival
 //   finish_block(sm, ...)                  everything after the warp states are in sm: direct
 //                                          write (one active split), or partial write, counter
 //                                          and the last block's split merge + counter reset
@@ -87,14 +86,6 @@ __device__ __forceinline__ void store_out4(dtype_t* p, float4 acc, float lsum) {
     pk.e[2] = from_f32<dtype_t>(acc.z * inv);
     pk.e[3] = from_f32<dtype_t>(acc.w * inv);
     *reinterpret_cast<uint2*>(p) = pk.u;
-}
-
-// Counter arrival: gpu-scope acq_rel (releases the block's partials, which __syncthreads made
-// visible to this thread; acquires the other splits' partials for the last one).
-__device__ __forceinline__ int arrive_acq_rel(int* p) {
-    int old;
-    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(p) : "memory");
-    return old;
 }
 
 // The block's warp states are in sm (a __syncthreads after they were written). One active

@@ -5,10 +5,13 @@
 // temperature, top_p, min_p, rep_penalty [B] float32; top_k, steps [B] int32; seeds [B] uint64;
 // out [B] int32.
 //
-// Variant 1, greedy: argmax_partial_kernel + argmax_reduce_kernel (multi-block, for big V).
+// Variant 1, greedy: argmax_kernel (multi-block, one launch, for big V).
 //   out[b] = first index of max_i logits[b, i]  (numpy.argmax tie rule)
-//   partial: grid (num_chunks, B), block 256, chunk of `chunk` elements -> (val, idx) per chunk
-//   reduce:  grid B, block 256 -> out[b]
+//   grid (num_chunks, B), block 256: block c reduces elements [c * chunk, (c + 1) * chunk) to
+//   (val, idx) in part_val / part_idx [B, num_chunks]; the last block of row b to finish
+//   (counters[b]: gpu-scope acq_rel arrival, zero between launches, reset by that block)
+//   reduces the row's partials and writes out[b]. One launch instead of partial + reduce: at a
+//   batch-1 decode step the second kernel boundary cost more than the reduction (H100).
 // Variant 2, sample_kernel: grid B, block 1024 (one block per row; V is L2-resident, each pass
 // reads it once). Same order of operations as rawengine/sampling.py:
 //   1. repetition penalty on seen[b, i] != 0:  x = l > 0 ? l / r : l * r
@@ -67,40 +70,41 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* s
 }
 
 // ---- variant 1: greedy ---------------------------------------------------------------------
-extern "C" __global__ void argmax_partial_kernel(const logit_t* __restrict__ logits, int vocab,
-                                                 int chunk, float* __restrict__ part_val,
-                                                 int* __restrict__ part_idx) {
+extern "C" __global__ void argmax_kernel(const logit_t* __restrict__ logits, int vocab,
+                                         int chunk, float* __restrict__ part_val,
+                                         int* __restrict__ part_idx, int* __restrict__ counters,
+                                         int* __restrict__ out) {
     RE_PDL_WAIT();
     RE_PDL_TRIGGER();
     __shared__ float sv[32];
     __shared__ int si[32];
-    const int b = blockIdx.y, c = blockIdx.x;
+    __shared__ int is_last;
+    const int b = blockIdx.y, c = blockIdx.x, num_chunks = gridDim.x;
     const logit_t* row = logits + (long long)b * vocab;
     const int end = min(vocab, (c + 1) * chunk);
     float v = -RE_FLT_MAX;
     int idx = 0x7fffffff;
-    for (int i = c * chunk + threadIdx.x; i < end; i += blockDim.x) argmax_merge(v, idx, to_f32(row[i]), i);
+#pragma unroll 4
+    for (int i = c * chunk + threadIdx.x; i < end; i += blockDim.x)
+        argmax_merge(v, idx, to_f32(row[i]), i);
     block_argmax(v, idx, sv, si);
     if (threadIdx.x == 0) {
-        part_val[b * gridDim.x + c] = v;
-        part_idx[b * gridDim.x + c] = idx;
+        part_val[b * num_chunks + c] = v;
+        part_idx[b * num_chunks + c] = idx;
+        is_last = arrive_acq_rel(counters + b) == num_chunks - 1;  // releases the partial
     }
-}
-
-extern "C" __global__ void argmax_reduce_kernel(const float* __restrict__ part_val,
-                                                const int* __restrict__ part_idx, int num_chunks,
-                                                int* __restrict__ out) {
-    RE_PDL_WAIT();
-    RE_PDL_TRIGGER();
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    const int b = blockIdx.x;
-    float v = -RE_FLT_MAX;
-    int idx = 0x7fffffff;
-    for (int c = threadIdx.x; c < num_chunks; c += blockDim.x)
-        argmax_merge(v, idx, part_val[b * num_chunks + c], part_idx[b * num_chunks + c]);
+    __syncthreads();
+    if (!is_last) return;  // block-uniform
+    v = -RE_FLT_MAX;
+    idx = 0x7fffffff;
+    for (int k = threadIdx.x; k < num_chunks; k += blockDim.x)
+        argmax_merge(v, idx, __ldcg(part_val + b * num_chunks + k),
+                     __ldcg(part_idx + b * num_chunks + k));
     block_argmax(v, idx, sv, si);
-    if (threadIdx.x == 0) out[b] = idx;
+    if (threadIdx.x == 0) {
+        out[b] = idx;
+        counters[b] = 0;  // ready for the next launch (graph replay)
+    }
 }
 
 // ---- variant 2: sampling -------------------------------------------------------------------

@@ -59,8 +59,9 @@ class DecodeGraphs:
 
         def step():
             logits = e.model.forward(views["ids"], meta, e.kv.layers)
-            greedy = b.argmax(logits)
-            views["ids"][...] = greedy  # the next step's input when decode is pipelined
+            # the argmax lands in the ids view: the next step's input when decode is pipelined
+            # (the host reads it before it writes new ids: both are ordered on the stream)
+            greedy = b.argmax(logits, out=views["ids"])
             return logits, greedy
 
         self.captured[bucket] = (buf, b.graph(step))

@@ -27,6 +27,27 @@ def test_argmax(be, b, v):
     np.testing.assert_array_equal(got32, np.argmax(x, axis=1))
 
 
+@pytest.mark.parametrize("b,v", [(1, 1024), (2, 1025), (3, 49152), (1, 151936)])
+def test_argmax_ties_across_chunks_into_out(be, b, v):
+    """One-launch argmax: the row max twice (in different 1,024-logit chunks where V allows),
+    the first index wins; written into the given out; repeated launches stay right (the last
+    block of each row resets its counter)."""
+    rng = np.random.default_rng(b * v)
+    x = rnd(rng.standard_normal((b, v)), be.dtype_name)
+    for r in range(b):
+        j1 = int(rng.integers(0, min(v, 1024)))
+        j2 = int(rng.integers(1024, v)) if v > 1024 else min(j1 + 1, v - 1)
+        x[r, j1] = x[r, j2] = 100.0
+    want = np.argmax(x, axis=1)
+    out = cp.full((b,), -7, np.int32)
+    for _ in range(3):
+        out.fill(-7)
+        assert be.argmax(be.asarray(x), out=out) is out
+        np.testing.assert_array_equal(out.get(), want)
+    with pytest.raises(ValueError, match="out"):
+        be.argmax(be.asarray(x), out=cp.zeros((b + 1,), np.int32))
+
+
 def test_greedy_with_repetition_penalty(be):
     rng = np.random.default_rng(3)
     b, v = 4, 5000

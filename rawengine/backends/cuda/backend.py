@@ -19,6 +19,8 @@ from ..numpy_backend import f32_to_bf16_bits
 from .module import kernel
 
 _STORAGE = {"float16": np.float16, "bfloat16": np.uint16}
+# logits per argmax block (256 threads, 4 loads each): V = 49,152 -> 48 blocks, 128,256 -> 126
+ARGMAX_CHUNK = 1024
 
 
 def cdiv(a: int, b: int) -> int:
@@ -60,6 +62,7 @@ class CudaBackend(Backend):
         # (BENCHMARKS.md, decode attention).
         self.attention_variant, self.softmax_phi = "sync", 0.0
         self._decode_steps = weakref.WeakKeyDictionary()  # model -> DecodeStep or None
+        self._counters: dict[tuple, cp.ndarray] = {}  # (device, rows) -> argmax counters
 
     def _k(self, file: str, name: str, **defines):
         return kernel(file, name, {**self._dt, **defines})
@@ -360,21 +363,33 @@ class CudaBackend(Backend):
             raise TypeError(f"logits dtype {logits.dtype}: expected {self.dtype} or float32")
         return {}
 
-    def argmax(self, logits):
-        """Greedy token per row: logits [B, V] (dtype or float32) -> [B] int32 (first max)."""
+    def argmax(self, logits, out=None):
+        """Greedy token per row: logits [B, V] (dtype or float32) -> [B] int32 (first max),
+        written into out ([B] int32, e.g. a decode graph's next input ids) when given. One
+        launch: chunks of ARGMAX_CHUNK logits per block, the row's last block reduces."""
         _check("logits", logits, None, 2)
         b, v = logits.shape
-        num_chunks = max(1, min(256, cdiv(v, 4096)))
-        chunk = cdiv(v, num_chunks)
+        if out is None:
+            out = cp.empty((b,), np.int32)
+        elif out.shape != (b,) or out.dtype != np.int32 or not out.flags.c_contiguous:
+            raise ValueError(f"argmax out must be a contiguous ({b},) int32 array")
+        num_chunks = cdiv(v, ARGMAX_CHUNK)
         part_val = cp.empty((b, num_chunks), np.float32)
         part_idx = cp.empty((b, num_chunks), np.int32)
-        out = cp.empty((b,), np.int32)
-        defs = self._logits_defines(logits)
-        self._k("sampling.cu", "argmax_partial_kernel", **defs)(
-            (num_chunks, b), (256,), (logits, np.int32(v), np.int32(chunk), part_val, part_idx))
-        self._k("sampling.cu", "argmax_reduce_kernel", **defs)(
-            (b,), (256,), (part_val, part_idx, np.int32(num_chunks), out))
+        self._k("sampling.cu", "argmax_kernel", **self._logits_defines(logits))(
+            (num_chunks, b), (256,), (logits, np.int32(v), np.int32(ARGMAX_CHUNK), part_val,
+                                      part_idx, self._argmax_counters(b), out))
         return out
+
+    def _argmax_counters(self, b: int):
+        """argmax_kernel's per-row counters (zero between launches). From the default pool on
+        purpose: a decode graph's private pool dies with its graph, this cache does not."""
+        key = (cp.cuda.Device().id, b)
+        c = self._counters.get(key)
+        if c is None:
+            with cp.cuda.using_allocator(cp.get_default_memory_pool().malloc):
+                c = self._counters[key] = cp.zeros((b,), np.int32)
+        return c
 
     def sample(self, logits, temperature, top_k, top_p, min_p, rep_penalty, seeds, steps,
                seen=None):
