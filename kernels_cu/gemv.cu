@@ -22,7 +22,8 @@
 //
 // Defines: DTYPE_BF16 (0/1), MB (1..8), ROWS (1..8), WARPS, UNROLL, VEC (8: 16-byte loads, needs
 //          K % 8 == 0 and 16-byte aligned pointers; 1: scalar fallback), HAS_BIAS, HAS_RES,
-//          PROLOGUE (0/1/2, below), PRO_RES (PROLOGUE 1 only: 0/1).
+//          PROLOGUE (0/1/2, below), PRO_RES (PROLOGUE 1 only: 0/1), PRO_FIXED (PROLOGUE 1
+//          only: 0/1).
 //
 // Prologues (FlashDecoding++-style fusion of the op that produces x into the x staging; each
 // saves one launch per decode linear). Both keep the intermediate rounded to T exactly where
@@ -34,6 +35,8 @@
 //               it in shared memory by rsqrt(mean(r^2) + eps) * norm_w.  Block (0, 0, z) alone
 //               writes its rows of r to r_out (must not alias x or pro_res: other blocks are
 //               still reading them).  PRO_RES=0: r = x, r_out is not written.
+//               PRO_FIXED=1: x is int64 fixed sums [R, M, K] (fixed_sum.cuh; the fused MLP's
+//               output, mlp.cu), rounded to T as the unfused down GEMV stores its output.
 //   PROLOGUE 2: SiLU-and-mul.  x is gate_up [M, 2K] = [g | u]; stages silu(g) * u rounded to T.
 //
 // Epilogue (EPILOGUE 1, decode qkv only; HEAD_DIM = D, ROWS even, HAS_RES 0): RoPE + paged K/V
@@ -110,6 +113,9 @@
 #ifndef PRO_RES
 #define PRO_RES 0
 #endif
+#ifndef PRO_FIXED
+#define PRO_FIXED 0
+#endif
 #ifndef EPILOGUE
 #define EPILOGUE 0
 #endif
@@ -169,6 +175,27 @@ __device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias,
     return v;
 }
 
+#if PRO_FIXED
+#if PROLOGUE != 1
+#error "PRO_FIXED needs PROLOGUE 1"
+#endif
+#include "fixed_sum.cuh"
+typedef long long XT;  // x: fixed sums
+// stride: elements between the fixed sum's replicas (M * K)
+__device__ __forceinline__ Raw load_x(const XT* p, size_t stride) {
+    float f[VEC];
+#if VEC == 8
+    fixed_load8(p, stride, f);
+#else
+    f[0] = fixed_load1(p, stride);
+#endif
+    return pack(f);
+}
+#else
+typedef T XT;
+__device__ __forceinline__ Raw load_x(const XT* p, size_t) { return load_plain(p); }
+#endif
+
 #if PROLOGUE == 1
 // x, pro_res [M, K] -> xs [MB, k_chunk] = rmsnorm(r)[m0:m0+MB, k0:k0+k_chunk], r = x (+ pro_res);
 // zero beyond M and K. Block (0, 0, z) writes r_out[m0:m0+mb, :] = r.
@@ -178,11 +205,12 @@ __device__ __forceinline__ Raw norm_w_first(const T* __restrict__ norm_w, int k0
     const int i = threadIdx.x * VEC, kk = i % k_chunk;
     return i < MB * k_chunk && kk < kc ? load_plain(norm_w + k0 + kk) : zero_raw();
 }
-__device__ __forceinline__ void stage_add_rmsnorm(T* xs, const T* __restrict__ x,
+__device__ __forceinline__ void stage_add_rmsnorm(T* xs, const XT* __restrict__ x,
                                                   const T* __restrict__ pro_res,
                                                   const T* __restrict__ norm_w, Raw nw0,
                                                   T* __restrict__ r_out, float eps, int m0,
-                                                  int mb, int K, int k0, int kc, int k_chunk) {
+                                                  int mb, int M, int K, int k0, int kc,
+                                                  int k_chunk) {
     __shared__ float s_sum[WARPS][MB];
     __shared__ float s_inv_rms[MB];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -193,7 +221,7 @@ __device__ __forceinline__ void stage_add_rmsnorm(T* xs, const T* __restrict__ x
         {
             const size_t row = (size_t)(m0 + m) * K;
             for (int k = tid * VEC; k < K; k += WARPS * 32 * VEC) {
-                Raw r = load_plain(x + row + k);
+                Raw r = load_x(x + row + k, (size_t)M * K);
                 float f[VEC];
                 unpack(r, f);
 #if PRO_RES
@@ -392,7 +420,7 @@ __device__ __forceinline__ void swiglu_store(float g, float u, int mm, int n, T*
 #endif
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
-gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+gemv_kernel(const XT* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
             const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
             int M, int N, int K, int k_chunk PROLOGUE_PARAMS EPILOGUE_PARAMS) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -475,7 +503,7 @@ gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     RE_PDL_TRIGGER();
 
 #if PROLOGUE == 1
-    stage_add_rmsnorm(xs, x, pro_res, norm_w, nw0, r_out, eps, m0, mb, K, k0, kc, k_chunk);
+    stage_add_rmsnorm(xs, x, pro_res, norm_w, nw0, r_out, eps, m0, mb, M, K, k0, kc, k_chunk);
 #elif PROLOGUE == 2
     stage_silu_mul(xs, x, m0, mb, K, k0, kc, k_chunk);
 #else

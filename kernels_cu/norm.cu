@@ -9,6 +9,9 @@
 // global memory). The launcher picks THREADS and NPT = cdiv(H / VEC, THREADS).
 // The sum of squares uses the rounded r, as HF does (it normalises the dtype_t residual stream).
 // Variants: VEC=8 (16-byte access, H % 8 == 0: every real model), VEC=1 (any H).
+// FIXED_IN=1 (VEC 8 only): x is int64 fixed sums [R, T, H] (fixed_sum.cuh; the fused MLP's output),
+// rounded to dtype_t as the unfused down GEMV stores it, and cleared as it is read (this is its
+// last reader: one block per row, each element read by one thread).
 // Bandwidth bound: (2 or 4) * T * H * 2 bytes.
 #include "common.cuh"
 
@@ -20,6 +23,18 @@
 #endif
 #ifndef RESIDUAL
 #define RESIDUAL 0
+#endif
+#ifndef FIXED_IN
+#define FIXED_IN 0
+#endif
+#if FIXED_IN
+#if VEC != 8
+#error "FIXED_IN needs VEC 8"
+#endif
+#include "fixed_sum.cuh"
+typedef long long x_t;
+#else
+typedef const dtype_t x_t;
 #endif
 
 template <int N>
@@ -34,7 +49,7 @@ __device__ __forceinline__ void store_vec(dtype_t* p, const float* f) {
     else *p = from_f32<dtype_t>(f[0]);
 }
 
-extern "C" __global__ void rmsnorm_kernel(const dtype_t* __restrict__ x,
+extern "C" __global__ void rmsnorm_kernel(x_t* __restrict__ x,
                                           const dtype_t* __restrict__ residual,
                                           const dtype_t* __restrict__ w,
                                           dtype_t* __restrict__ y,
@@ -50,7 +65,14 @@ extern "C" __global__ void rmsnorm_kernel(const dtype_t* __restrict__ x,
     for (int j = 0; j < NPT; ++j) {
         const int i = threadIdx.x + j * blockDim.x;
         if (i >= num_vec) continue;
+#if FIXED_IN
+        fixed_load8(x + base + i * VEC, (size_t)gridDim.x * hidden, v[j]);
+        fixed_clear8(x + base + i * VEC, (size_t)gridDim.x * hidden);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[j][e] = to_f32(from_f32<dtype_t>(v[j][e]));
+#else
         load_vec<VEC>(x + base + i * VEC, v[j]);
+#endif
 #if RESIDUAL
         float res[VEC];
         load_vec<VEC>(residual + base + i * VEC, res);

@@ -18,8 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-VARIANTS = ("none", "attention", "o", "down", "qkv", "gate_up", "lm_head")
-# also (not removals): "min_chunk=N" (decode attention's least tokens per split, every
+VARIANTS = ("none", "attention", "o", "mlp", "down", "qkv", "gate_up", "lm_head")
+# "down" and "gate_up" run the MLP unfused (two launches) and remove one of them; "mlp" removes
+# the whole MLP (one fused launch for small models).
+# also (not removals): "unfused_mlp" (the MLP as norm_linear_silu + linear, the A/B of the fused
+# MLP kernel); "min_chunk=N" (decode attention's least tokens per split, every
 # head_dim); "cfg=N,K,{json}" (the M = 1 GEMV params of the N x K product, also as its paired
 # entry: rows must be even for the qkv and gate_up products)
 
@@ -38,6 +41,10 @@ def patch(b, variant: str, cfg) -> None:
         return bufs[key]
 
     linear = b.linear
+    if variant in ("unfused_mlp", "down", "gate_up"):
+        from rawengine.backends.base import Backend
+
+        b.norm_mlp = lambda *args: Backend.norm_mlp(b, *args)
     if variant.startswith("cfg="):
         import json
 
@@ -65,6 +72,10 @@ def patch(b, variant: str, cfg) -> None:
                 return buf((x.shape[0], w.shape[0]), x.dtype)
             return linear(x, w, bias)
         b.linear = fake
+    elif variant == "mlp":
+        def fake_mlp(x, residual, norm_w, eps, w_gu, w_d):
+            return buf(x.shape, x.dtype), residual
+        b.norm_mlp = fake_mlp
     elif variant == "qkv":
         def fake_qkv(x, residual, norm_w, eps, w_qkv, bias, meta, cos, sin, kc, vc, hq, hkv, d):
             return buf((x.shape[0], hq, d), x.dtype), (x if residual is None else residual)

@@ -131,6 +131,18 @@ def gemv_variants() -> list[tuple[str, dict]]:
 
 
 VARIANTS += gemv_variants()
+# the fused decode MLP and the readers of its fixed sums (mlp.py, fixed_sum.py)
+VARIANTS += [
+    ("mlp.cu", {"HIDDEN": 576, "MB": 1, "C": 8, "WARPS": 8, "HAS_RES": 1, "FIXED_REPLICAS": 1}),
+    ("mlp.cu", {"HIDDEN": 960, "MB": 8, "C": 16, "WARPS": 8, "HAS_RES": 0, "FIXED_REPLICAS": 8,
+                **BF16}),
+    ("norm.cu", {"VEC": 8, "NPT": 1, "RESIDUAL": 1, "FIXED_IN": 1, "FIXED_REPLICAS": 1}),
+    ("gemv.cu", {"MB": 1, "ROWS": 2, "WARPS": 8, "UNROLL": 4, "VEC": 8, "PROLOGUE": 1,
+                 "PRO_RES": 1, "PRO_FIXED": 1, "FIXED_REPLICAS": 1, "EPILOGUE": 1,
+                 "HEAD_DIM": 64}),
+    ("gemv.cu", {"MB": 8, "ROWS": 2, "WARPS": 8, "UNROLL": 4, "VEC": 1, "PROLOGUE": 1,
+                 "PRO_RES": 1, "PRO_FIXED": 1, "FIXED_REPLICAS": 8, **BF16}),
+]
 
 _FUNC = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)'")
 _SPILL = re.compile(r"(\d+) bytes spill stores")

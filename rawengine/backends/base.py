@@ -142,6 +142,15 @@ class Backend:
         gate_up, r = self.norm_linear(x, residual, norm_w, eps, w)
         return self.silu_mul(gate_up), r
 
+    def norm_mlp(self, x: Array, residual: Array | None, norm_w: Array, eps: float,
+                 w_gate_up: Array, w_down: Array):
+        """The MLP of a layer: act, r = norm_linear_silu(x, residual, norm_w, eps, w_gate_up),
+        y = linear(act, w_down). Returns (y [T, K], r [T, K]) for w_down [K, I]. Default: those
+        ops; a backend may run it as one kernel at decode sizes, y then being an array its own
+        ops read (the CUDA backend's fixed sums)."""
+        act, r = self.norm_linear_silu(x, residual, norm_w, eps, w_gate_up)
+        return self.linear(act, w_down), r
+
     def silu_mul_linear(self, gate_up: Array, w: Array, bias: Array | None = None) -> Array:
         """(silu(gate) * up) @ w.T (+ bias);  gate_up [T, 2I] = [gate | up], w [N, I] -> [T, N].
         Default: the unfused ops; a backend may run it as one kernel."""

@@ -51,9 +51,9 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple]:
 
 class LlamaModel:
     """forward: embedding -> [(+residual) rmsnorm+qkv+rope+kv_write -> attention -> o_proj
-    -> (+residual) rmsnorm+gate_up+silu_mul -> down] x L -> rmsnorm -> lm_head.
-    norm_linear_rope / norm_linear_silu are one kernel each on the CUDA backend at small
-    decode sizes, and rmsnorm + one GEMV (RoPE / SiLU-mul in its output) at large ones.
+    -> (+residual) rmsnorm+gate_up+silu_mul+down] x L -> rmsnorm -> lm_head.
+    On the CUDA backend at decode sizes norm_linear_rope is one kernel (rmsnorm + one GEMV with
+    RoPE in its output at large sizes) and norm_mlp one kernel for small models, else two.
     A backend may run a whole decode step as one launch (Backend.decode_step; the CUDA backend
     does for small models at batch 1, kernels_cu/decode_step.cu)."""
 
@@ -84,10 +84,10 @@ class LlamaModel:
                                              c.num_key_value_heads, c.head_dim)
             attn = b.attention(q, k_cache, v_cache, meta, self.scale)
             x = b.linear(attn, w["o"])
-            # rmsnorm + gate_up + silu_mul (one kernel at decode on the CUDA backend)
-            act, residual = b.norm_linear_silu(x, residual, w["post_norm"], c.rms_norm_eps,
-                                               w["gate_up"])
-            x = b.linear(act, w["down"])
+            # rmsnorm + gate_up + silu_mul + down (one kernel at decode on the CUDA backend
+            # for small models, else two)
+            x, residual = b.norm_mlp(x, residual, w["post_norm"], c.rms_norm_eps, w["gate_up"],
+                                     w["down"])
         if meta.is_decode:  # every row is its sequence's last token: no gather needed
             h, _ = b.rmsnorm(x, self.norm, c.rms_norm_eps, residual)
         else:

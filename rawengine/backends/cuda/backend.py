@@ -16,6 +16,7 @@ import numpy as np
 from ...checkpoint import to_float32
 from ..base import Backend, StepMeta
 from ..numpy_backend import f32_to_bf16_bits
+from .fixed_sum import REPLICAS, FixedSum, FixedSumPool
 from .module import kernel
 
 _STORAGE = {"float16": np.float16, "bfloat16": np.uint16}
@@ -63,6 +64,7 @@ class CudaBackend(Backend):
         self.attention_variant, self.softmax_phi = "sync", 0.0
         self._decode_steps = weakref.WeakKeyDictionary()  # model -> DecodeStep or None
         self._counters: dict[tuple, cp.ndarray] = {}  # (device, rows) -> argmax counters
+        self._fixed = FixedSumPool()  # the fused MLP's output buffers (mlp.py)
 
     def _k(self, file: str, name: str, **defines):
         return kernel(file, name, {**self._dt, **defines})
@@ -158,39 +160,60 @@ class CudaBackend(Backend):
             fn((t,), (128,), (ids, table, out, np.int32(h)))
         return out
 
+    def _dense(self, x):
+        """x as a plain array: fixed sums (the fused MLP's output) are converted and cleared."""
+        if isinstance(x, FixedSum):
+            from .mlp import to_dense
+
+            return to_dense(x, self._fixed)
+        return x
+
     def rmsnorm(self, x, weight, eps, residual=None):
-        _check("x", x, self.dtype, 2)
+        fixed = isinstance(x, FixedSum)
+        if fixed and (residual is None or x.shape[1] % 8 or x.dtype != self.dtype):
+            x, fixed = self._dense(x), False
+        if fixed:
+            _check("x", x.sums, np.int64, 3)  # [REPLICAS, T, H]
+        else:
+            _check("x", x, self.dtype, 2)
         _check("weight", weight, self.dtype, 1)
         t, h = x.shape
         if weight.shape[0] != h:
             raise ValueError(f"rmsnorm: weight {weight.shape} vs x {x.shape}")
-        y = cp.empty_like(x)
+        y = cp.empty(x.shape, self.dtype)
         r = y  # placeholder pointer when there is no residual
         if residual is not None:
             _check("residual", residual, self.dtype, 2)
             if residual.shape != x.shape:
                 raise ValueError(f"rmsnorm: residual {residual.shape} vs x {x.shape}")
-            r = cp.empty_like(x)
-        vec = _vec(h, x, y, r, weight, residual if residual is not None else x)
+            r = cp.empty_like(y)
+        xa = x.sums if fixed else x
+        vec = _vec(h, xa, y, r, weight, residual if residual is not None else y)
+        if fixed and vec != 8:
+            return self.rmsnorm(self._dense(x), weight, eps, residual)
         num_vec = h // vec
         threads = min(1024, max(32, cdiv(cdiv(num_vec, 2), 32) * 32))
         npt = cdiv(num_vec, threads)
         if t:
             fn = self._k("norm.cu", "rmsnorm_kernel", VEC=vec, NPT=npt,
-                         RESIDUAL=int(residual is not None))
-            fn((t,), (threads,), (x, residual if residual is not None else x, weight, y, r,
+                         RESIDUAL=int(residual is not None),
+                         **(dict(FIXED_IN=1, FIXED_REPLICAS=REPLICAS) if fixed else {}))
+            fn((t,), (threads,), (xa, residual if residual is not None else y, weight, y, r,
                                   np.int32(h), np.float32(eps)))
+        if fixed:
+            self._fixed.cleared(x)  # FIXED_IN clears each element as it reads it
         return y if residual is None else (y, r)
 
     def linear(self, x, w, bias=None):
         from . import gemm
 
-        return gemm.linear(x, w, bias)
+        return gemm.linear(self._dense(x), w, bias)
 
     def norm_linear(self, x, residual, norm_w, eps, w, bias=None):
         """One GEMV launch for decode M (gemm.norm_linear), else rmsnorm + linear."""
         from . import gemm
 
+        x = self._dense(x)
         out = gemm.norm_linear(x, residual, norm_w, eps, w, bias)
         return out if out is not None else super().norm_linear(x, residual, norm_w, eps, w, bias)
 
@@ -206,15 +229,15 @@ class CudaBackend(Backend):
             if out is not None:
                 return out
             # too big for the norm prologue: rmsnorm, then RoPE + K/V write in the GEMV output
-            h, r = self._add_rmsnorm(x, residual, norm_w, eps)
+            h, r = self._add_rmsnorm(self._dense(x), residual, norm_w, eps)
             q = gemm.linear_rope(h, w_qkv, bias, meta.positions, meta.slot_mapping, cos, sin,
                                  k_cache, v_cache, Hq, Hkv, D)
             if q is None:
                 q = self.rope_kv_write(self.linear(h, w_qkv, bias), meta, cos, sin, k_cache,
                                        v_cache, Hq, Hkv, D)
             return q, r
-        return super().norm_linear_rope(x, residual, norm_w, eps, w_qkv, bias, meta, cos, sin,
-                                        k_cache, v_cache, Hq, Hkv, D)
+        return super().norm_linear_rope(self._dense(x), residual, norm_w, eps, w_qkv, bias, meta,
+                                        cos, sin, k_cache, v_cache, Hq, Hkv, D)
 
     def _add_rmsnorm(self, x, residual, norm_w, eps):
         """(rmsnorm(r), r) with r = x + residual, or r = x without residual (norm_linear's r)."""
@@ -227,12 +250,24 @@ class CudaBackend(Backend):
         its output (gemm.linear_silu); else norm_linear + silu_mul."""
         from . import gemm
 
+        x = self._dense(x)
         out = gemm.norm_linear_silu(x, residual, norm_w, eps, w)
         if out is not None:
             return out
         h, r = self._add_rmsnorm(x, residual, norm_w, eps)
         act = gemm.linear_silu(h, w)
         return (act if act is not None else self.silu_mul(self.linear(h, w))), r
+
+    def norm_mlp(self, x, residual, norm_w, eps, w_gate_up, w_down):
+        """Small models at decode sizes: one launch (mlp.norm_mlp), y as fixed sums that
+        norm_linear_rope and rmsnorm read directly (any other op converts them first); else
+        norm_linear_silu + linear."""
+        from . import mlp
+
+        x = self._dense(x)
+        out = mlp.norm_mlp(x, residual, norm_w, eps, w_gate_up, w_down, self._fixed)
+        return out if out is not None else super().norm_mlp(x, residual, norm_w, eps, w_gate_up,
+                                                            w_down)
 
     def silu_mul_linear(self, gate_up, w, bias=None):
         """One GEMV launch for decode M (gemm.silu_mul_linear), else silu_mul + linear."""
@@ -340,6 +375,7 @@ class CudaBackend(Backend):
         return out
 
     def add(self, x, y):
+        x = self._dense(x)
         _check("x", x, self.dtype)
         _check("y", y, self.dtype)
         if x.shape != y.shape:

@@ -30,6 +30,7 @@ from pathlib import Path
 import cupy as cp
 
 from rawengine.backends.cuda import cublas as libcublas
+from rawengine.backends.cuda.fixed_sum import REPLICAS, FixedSum, FixedSumPool
 
 _TUNING_DIR = Path(__file__).resolve().parents[2] / "tuning"
 SMEM_MAX = 227 * 1024  # Hopper opt-in limit per block
@@ -233,22 +234,29 @@ def _norm_linear(x, residual, norm_w, eps, w, bias, y_shape, out, r_out, params,
         return None
     if epilogue:
         params = _even_rows(params, M, w.shape[0], K)
-    arrays = [x, w, norm_w] + [a for a in (residual, bias) if a is not None]
+    # x may be the fused MLP's fixed sums (mlp.py): read as int64 by the PRO_FIXED prologue
+    fixed = isinstance(x, FixedSum)
+    arrays = [w, norm_w] + [a for a in (None if fixed else x, residual, bias) if a is not None]
     if (w.shape[1] != K or norm_w.shape[0] != K or not _is_lowp(*arrays)
+            or (fixed and (residual is None or x.dtype != w.dtype))
             or (residual is not None and residual.shape != x.shape)
             or (bias is not None and bias.shape != (w.shape[0],))):
         return None
-    x, w, norm_w = (cp.ascontiguousarray(a) for a in (x, w, norm_w))
+    xa = x.sums if fixed else cp.ascontiguousarray(x)
+    w, norm_w = (cp.ascontiguousarray(a) for a in (w, norm_w))
     res = cp.ascontiguousarray(residual) if residual is not None else None
     b = cp.ascontiguousarray(bias) if bias is not None else None
-    y = _dest(out, y_shape, x.dtype)
-    r = _dest(r_out, x.shape, x.dtype) if res is not None else x
-    is_vec = _vec_ok(K, x, w, norm_w, res, None if res is None else r)
+    y = _dest(out, y_shape, w.dtype)
+    r = _dest(r_out, x.shape, w.dtype) if res is not None else xa
+    is_vec = _vec_ok(K, xa, w, norm_w, res, None if res is None else r)
     # without residual, pro_res and r_out are never touched: any pointer will do
-    args = (res if res is not None else x, norm_w, r if res is not None else y, cp.float32(eps))
-    _gemv_launch(x, w, y, b, None, M, K, is_vec,
-                 dict(PROLOGUE=1, PRO_RES=int(res is not None), **epilogue), args + epilogue_args,
-                 **params)
+    args = (res if res is not None else xa, norm_w, r if res is not None else y, cp.float32(eps))
+    _gemv_launch(xa, w, y, b, None, M, K, is_vec,
+                 dict(PROLOGUE=1, PRO_RES=int(res is not None), **epilogue,
+                      **(dict(PRO_FIXED=1, FIXED_REPLICAS=REPLICAS) if fixed else {})),
+                 args + epilogue_args, **params)
+    if fixed:
+        FixedSumPool.read(x)  # every block read all of it: the next fused MLP launch clears it
     return y, r
 
 
