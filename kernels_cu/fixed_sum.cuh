@@ -14,7 +14,7 @@
 // R = FIXED_REPLICAS copies of the output, [R, rows, cols]: atomics on one address serialise in
 // its L2 slice, and R copies spread them over R times the lines. Readers sum the R copies in
 // int64 (still exact, so still order-free) before the one conversion. Measured on SmolLM2
-// (docs/launch_notes.md, "Session 9"): 192 blocks x 576 outputs cost ~1.3 us per layer of
+// (docs/launch_notes.md, "Session 9"): 192 blocks (C = 8) x 576 outputs cost ~1.3 us per layer of
 // contention that 8 copies remove, but the readers' 8x loads cost more than that, so the
 // launchers build R = 1 (fixed_sum.py REPLICAS).
 // FIXED_SHIFT 32 for fp16: range +-2^31 (fp16's own range is +-65504, so nothing an fp16 model

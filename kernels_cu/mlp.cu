@@ -14,9 +14,9 @@
 //   finished: that reader ran before this kernel's RE_PDL_WAIT returns).
 // Grid: cdiv(I, C) blocks; block c owns intermediate columns [c*C, c*C + C): gate and up rows,
 //   the matching C columns of Wd. Block: WARPS warps.
-// Why this shape: the block's weights (6*C*H bytes, 27.6 KB for SmolLM2 at C = 8) are constant
-// during a step, so all of them are copied into shared memory (cp.async) before RE_PDL_WAIT,
-// under the previous kernels. After the wait the block needs x (one L2 read), a block reduction,
+// Why this shape: the block's weights (6*C*H bytes, 55 KB for SmolLM2 at mlp.py's C = 16) are
+// constant during a step, so all of them are copied into shared memory (cp.async) before
+// RE_PDL_WAIT, under the previous kernels. After the wait the block needs x (one L2 read), a block reduction,
 // 2C dot products and H*C FMAs from shared memory, and M*H 64-bit atomic adds: the gate_up ->
 // down kernel boundary and down's weight ramp-up are gone. After the wait the path is latency
 // bound (a few dependent instructions per thread at a time), so H is a compile-time constant:

@@ -52,7 +52,8 @@ def main() -> None:
     rel = (t - t[:, 1].min()) / 1e3
     print(f"{'phase':30s} {'min':>7s} {'median':>7s} {'max':>7s}  (us)")
     for i, name in enumerate(PHASES):
-        print(f"{name:30s} {rel[:, i].min():7.2f} {np.median(rel[:, i]):7.2f} {rel[:, i].max():7.2f}")
+        col = rel[:, i]
+        print(f"{name:30s} {col.min():7.2f} {np.median(col):7.2f} {col.max():7.2f}")
 
 
 if __name__ == "__main__":

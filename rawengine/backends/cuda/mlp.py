@@ -23,6 +23,7 @@ MAX_WEIGHT_BYTES = 16 << 20  # gate, up and down together (SmolLM2-135M: 5.3 MB)
 # block waits for more weight bytes).
 COLS = 16
 WARPS = 8
+TRACE = os.environ.get("RAWENGINE_MLP_TRACE", "0") == "1"  # tools/trace_mlp.py sets it first
 
 
 def smem_bytes(H: int, mb: int, cols: int = COLS) -> int:
@@ -78,7 +79,7 @@ def kernel_defines(dtype_flag: int, H: int, mb: int, cols: int, has_res: bool) -
     (tools/trace_mlp.py)."""
     return dict(DTYPE_BF16=dtype_flag, HIDDEN=H, MB=mb, C=cols, WARPS=WARPS,
                 HAS_RES=int(has_res), FIXED_REPLICAS=REPLICAS,
-                MLP_TRACE=int(os.environ.get("RAWENGINE_MLP_TRACE", "0") == "1"))
+                MLP_TRACE=int(TRACE))
 
 
 def to_dense(fs: FixedSum, pool: FixedSumPool):
