@@ -137,6 +137,23 @@ __device__ __forceinline__ void unpack8(const uint4& u, float f[VEC]) {
     for (int i = 0; i < VEC; ++i) f[i] = to_f32(e[i]);
 }
 
+// Phase stamps of the O_PROJ kernel (diagnostic; tools/trace_mlp.py).
+#ifndef ATTN_O_TRACE
+#define ATTN_O_TRACE 0  // diagnostic: thread 0 of each block stamps %globaltimer per phase
+#endif
+#if ATTN_O_TRACE && O_PROJ
+__device__ unsigned long long attn_o_trace[1024][8];  // tools/trace_mlp.py reads it
+#define AO_STAMP(i)                                                                        \
+    if (threadIdx.x == 0) {                                                                \
+        const unsigned bid_ = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x; \
+        unsigned long long t_;                                                             \
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                             \
+        if (bid_ < 1024) attn_o_trace[bid_][i] = t_;                                       \
+    }
+#else
+#define AO_STAMP(i)
+#endif
+
 // Softmax state of this warp over its tiles of [start, end), per lane: o for its 8 dims.
 // m is warp-uniform; l and o are folded over the warp's token groups before returning.
 // ASYNC: m = phi fixed, m_true = true max of the scores seen (per head).
@@ -302,17 +319,24 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
     auto is_old = [&](int i) {  // tile i holds only keys older than `newest`
         return min(t_first + i * STEP_U + TILE_U, end) <= newest;
     };
+    // Every page lookup of the first BULK tiles goes out before the first copy: issue()'s asm
+    // orders memory, so looking each page up just before its copy would make the ring's
+    // prologue BULK dependent L2 round trips (~1 us a tile measured in the SmolLM2 step).
+    int pages[BULK];
+#pragma unroll
+    for (int i = 0; i < BULK; ++i) pages[i] = page_of(i);
 #pragma unroll
     for (int i = 0; i < BULK; ++i)
-        if (i < n_tiles && is_old(i)) issue(i, page_of(i));
+        if (i < n_tiles && is_old(i)) issue(i, pages[i]);
     wait_fn();
 #pragma unroll
     for (int i = 0; i < BULK; ++i)
-        if (i < n_tiles && !is_old(i)) issue(i, page_of(i));
+        if (i < n_tiles && !is_old(i)) issue(i, pages[i]);
     int page_next = page_of(BULK);
     for (int i = 0; i < n_tiles; ++i) {
         const int t0 = t_first + i * STEP_U;
         mbar_wait(bars + i % BULK, (i / BULK) & 1);
+        if (i == 0) AO_STAMP(6);  // warp 0's first tile landed
         const dtype_t* slot = ring + (i % BULK) * BULK_SLOT + dvec * VEC;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -324,6 +348,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
             }
         }
         compute_step(t0);
+        if (i == n_tiles - 1) AO_STAMP(7);  // warp 0's last tile computed
         __syncwarp();  // every lane has used the slot: refill it
         if (i + BULK < n_tiles) {
             issue(i + BULK, page_next);
@@ -477,3 +502,98 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
     finish_block(sm, out, part_o, part_ml, counters, num_q_heads, head0, b, hblk, split,
                  num_splits, num_active);
 }
+
+#if O_PROJ
+// ---------------------------------------------------------------------------------------------
+// decode_attention_o_kernel (O_PROJ build, with BULK): a small model's decode attention and its
+// output projection in one launch, the projection summed across blocks in fixed point.
+//
+//   a[b, h]  = attention of query head h as above (all keys of the sequence, no split), rounded
+//              to dtype_t where the unfused attention kernel rounds its output
+//   y[b, n] += sum_{h in this KV head's group} sum_d Wo[n, h * D + d] * a[b, h, d]
+//              n in this block's rows; one fixed_add per (b, n, KV head): fixed_sum.cuh
+//
+//   w_o  [H, Hq * D] dtype_t (row-major, o_proj.weight);  acc [B, H] int64, zero on entry
+//   clear [n_clear] int64: a fixed sum whose last reader finished before this kernel's
+//   RE_PDL_WAIT returns (rawengine/backends/cuda/fixed_sum.py), zeroed here
+// Grid (cdiv(H, ROWS), Hkv, B): block (r, g, b) owns output rows [r * ROWS, r * ROWS + ROWS)
+//   and KV head g (GROUP = every query head of it). Each of the cdiv(H, ROWS) blocks of a KV
+//   head computes the same attention: redundant FMAs, but no split merge and no kernel
+//   boundary between attention and o_proj, which is what a latency-bound small-model step
+//   pays for (docs/launch_notes.md, "Session 10").
+// Before RE_PDL_WAIT the block copies its Wo slice (ROWS x GROUP * D) into shared memory and
+// its warps' BULK-slot rings take the first BULK tiles of keys older than the newest, so a
+// context of up to NUM_WARPS * TILE * BULK tokens is on chip when the wait returns; longer
+// ones stream through the rings (correct, slower: the launcher keeps this kernel to short
+// contexts). Dynamic shared memory: the rings (BlockSmem overlays them after the loop), then
+// the Wo slice.
+#if !BULK || IS_ASYNC
+#error "O_PROJ builds the synchronized BULK kernel"
+#endif
+#ifndef ROWS
+#define ROWS 48
+#endif
+#include "attn_o.cuh"
+constexpr int RING_OR_SMEM = BULK_RING_BYTES > (int)sizeof(BlockSmem) ? BULK_RING_BYTES
+                                                                        : (int)sizeof(BlockSmem);
+static_assert(RING_OR_SMEM % 16 == 0, "16-byte aligned Wo slice");
+
+extern "C" __global__ void __launch_bounds__(NUM_THREADS, 1)
+decode_attention_o_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict__ k_cache,
+                          const dtype_t* __restrict__ v_cache,
+                          const int* __restrict__ block_tables, const int* __restrict__ seq_lens,
+                          const dtype_t* __restrict__ w_o, long long* __restrict__ acc,
+                          long long* __restrict__ clear, int n_clear, int num_q_heads,
+                          int num_kv_heads, int max_blocks, int log2_bs, int hidden,
+                          float scale_log2) {
+    const int kv_head = blockIdx.y, b = blockIdx.z, n0 = blockIdx.x * ROWS;
+    const int head0 = kv_head * GROUP, tid = threadIdx.x;
+    require_dynamic_smem(RING_OR_SMEM + ROWS * GD * 2);
+    BlockSmem& sm = *reinterpret_cast<BlockSmem*>(bulk_smem);  // overlays the rings, later
+    dtype_t* wo_s = reinterpret_cast<dtype_t*>(bulk_smem + RING_OR_SMEM);  // [ROWS][GD]
+    __shared__ __align__(16) float a_s[GD];
+    AO_STAMP(0);
+
+    attn_o_load_wo(wo_s, w_o, n0, hidden, num_q_heads, head0);  // constant during the step
+
+    const int len = seq_lens[b];
+    const int dvec = (tid & 31) % LANES_PER_TOK;
+    float qf[GROUP][VEC];
+    auto wait_and_load_q = [&]() {
+        RE_PDL_WAIT();
+        RE_PDL_TRIGGER();
+        AO_STAMP(1);
+        attn_o_clear(clear, n_clear);
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+            unpack8(*reinterpret_cast<const uint4*>(
+                        q + ((size_t)b * num_q_heads + head0 + g) * HEAD_DIM + dvec * VEC),
+                    qf[g]);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) qf[g][i] *= scale_log2;
+        }
+#if ATTN_O_TRACE
+        if (__float_as_uint(qf[0][0]) != 0x7fc00001u) AO_STAMP(5);  // waits for q to land
+#endif
+    };
+    const int* bt = block_tables + (size_t)b * max_blocks;
+    float m[GROUP], l[GROUP], o[GROUP][VEC], m_true[GROUP];
+    if (len > 0) {
+        attend_any<false>(qf, wait_and_load_q, k_cache, v_cache, bt, kv_head, num_kv_heads,
+                          log2_bs, 0, len, len - 1, 0.f, m, l, o, m_true);
+    } else {  // an empty sequence: o = 0, nothing to add (block-uniform)
+        wait_and_load_q();
+        cp_async_wait<0>();
+        return;
+    }
+    __syncthreads();  // every warp is done with its ring: BlockSmem overlays them
+    AO_STAMP(2);
+    stash_warp(sm, m, l, o, m_true);
+    __syncthreads();
+    attn_o_finish(sm, a_s, wo_s, acc, b, n0, hidden);
+#if ATTN_O_TRACE
+    __syncthreads();
+    AO_STAMP(4);
+#endif
+}
+#endif  // O_PROJ

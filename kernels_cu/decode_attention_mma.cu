@@ -344,3 +344,82 @@ decode_attention_mma_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
     finish_block(sm, out, part_o, part_ml, counters, num_q_heads, head0, b, hblk, split,
                  num_splits, num_active);
 }
+
+#if O_PROJ
+// decode_attention_o_kernel (O_PROJ build): the tensor-core attention of a whole sequence (no
+// split) and o_proj in one launch, as the BULK O_PROJ build of decode_attention.cu (same
+// signature, grid, layouts and fixed-point output; see there and attn_o.cuh), with this file's
+// Q K^T and P V on tensor cores: the attention is redundant over the cdiv(H, ROWS) blocks of a
+// KV head, so each block does all of it, and the CUDA-core loop's ~70 instructions a token a
+// warp made that the longest phase of the kernel (docs/launch_notes.md, "Session 10").
+// Dynamic shared memory: SMEM_BYTES (rings, BlockSmem overlaying them), then the Wo slice.
+#ifndef ROWS
+#define ROWS 48
+#endif
+#include "attn_o.cuh"
+static_assert(SMEM_BYTES % 16 == 0, "16-byte aligned Wo slice");
+
+extern "C" __global__ void __launch_bounds__(NUM_THREADS, 1)
+decode_attention_o_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict__ k_cache,
+                          const dtype_t* __restrict__ v_cache,
+                          const int* __restrict__ block_tables, const int* __restrict__ seq_lens,
+                          const dtype_t* __restrict__ w_o, long long* __restrict__ acc,
+                          long long* __restrict__ clear, int n_clear, int num_q_heads,
+                          int num_kv_heads, int max_blocks, int log2_bs, int hidden,
+                          float scale_log2) {
+    const int kv_head = blockIdx.y, b = blockIdx.z, n0 = blockIdx.x * ROWS;
+    const int head0 = kv_head * GROUP;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    require_dynamic_smem(SMEM_BYTES + ROWS * GD * 2);
+    dtype_t* wo_s = reinterpret_cast<dtype_t*>(smem_raw + SMEM_BYTES);  // [ROWS][GD]
+    __shared__ __align__(16) float a_s[GD];
+    attn_o_load_wo(wo_s, w_o, n0, hidden, num_q_heads, head0);  // constant during the step
+
+    const int len = seq_lens[b];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    unsigned qa[KSTEPS][4];
+    auto wait_and_load_q = [&]() {
+        RE_PDL_WAIT();
+        RE_PDL_TRIGGER();
+        attn_o_clear(clear, n_clear);
+        const bool has_head = g < GROUP;
+        const unsigned* qh = reinterpret_cast<const unsigned*>(
+            q + ((size_t)b * num_q_heads + head0 + (has_head ? g : 0)) * HEAD_DIM + 2 * t);
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; ++kk) {
+            qa[kk][0] = has_head ? qh[8 * kk] : 0u;
+            qa[kk][1] = 0u;
+            qa[kk][2] = has_head ? qh[8 * kk + 4] : 0u;
+            qa[kk][3] = 0u;
+        }
+    };
+    if (len <= 0) {  // an empty sequence: o = 0, nothing to add (block-uniform)
+        wait_and_load_q();
+        cp_async_wait<0>();
+        return;
+    }
+    dtype_t* ring = reinterpret_cast<dtype_t*>(smem_raw) + warp * (STAGES * SLOT);
+    const int* bt = block_tables + (size_t)b * max_blocks;
+    float m, l, o[NT][4];
+    if (len <= STEP1)  // block-uniform
+        attend_chunk_mma<TILE1>(qa, wait_and_load_q, ring, k_cache, v_cache, bt, kv_head,
+                                num_kv_heads, log2_bs, 0, len, len - 1, scale_log2, m, l, o);
+    else
+        attend_chunk_mma<TILE>(qa, wait_and_load_q, ring, k_cache, v_cache, bt, kv_head,
+                               num_kv_heads, log2_bs, 0, len, len - 1, scale_log2, m, l, o);
+    __syncthreads();  // every warp is done with its ring: BlockSmem overlays the rings
+    BlockSmem& sm = *reinterpret_cast<BlockSmem*>(smem_raw);
+    if (g < GROUP) {
+#pragma unroll
+        for (int i = 0; i < NT; ++i)
+            *reinterpret_cast<float2*>(&sm.o[warp][g][8 * i + 2 * t]) =
+                make_float2(o[i][0], o[i][1]);
+        if (t == 0) {
+            sm.m[warp][g] = m;
+            sm.l[warp][g] = l;
+        }
+    }
+    __syncthreads();
+    attn_o_finish(sm, a_s, wo_s, acc, b, n0, hidden);
+}
+#endif  // O_PROJ

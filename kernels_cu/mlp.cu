@@ -8,7 +8,8 @@
 // Every rounding sits where the unfused ops (norm_linear_silu + the down GEMV) round, so y
 // equals their output up to the order of its fp32 sums.
 //
-// Layouts (row-major): x, res, r_out [M, H] T; norm_w [H] T; w_gu [2I, H] T = [gate | up];
+// Layouts (row-major): x, res, r_out [M, H] T (X_FIXED: x [FIXED_REPLICAS, M, H] int64 fixed
+//   sums, read only: the next fixed-sum producer clears it); norm_w [H] T; w_gu [2I, H] T = [gate | up];
 //   w_d [H, I] T; acc [FIXED_REPLICAS, M, H] int64, zero on entry (block b adds into replica
 //   b % FIXED_REPLICAS); clear [n_clear] int64, zeroed here (a fixed sum whose last reader has
 //   finished: that reader ran before this kernel's RE_PDL_WAIT returns).
@@ -22,7 +23,7 @@
 // bound (a few dependent instructions per thread at a time), so H is a compile-time constant:
 // every index is a multiply-shift, not a division.
 // Needs H % 8 == 0, I % 8 == 0, C % 8 == 0, 16-byte aligned pointers, M <= MB.
-// Defines: DTYPE_BF16, HIDDEN (H), MB, C, WARPS, HAS_RES, FIXED_REPLICAS, MLP_TRACE
+// Defines: DTYPE_BF16, HIDDEN (H), MB, C, WARPS, HAS_RES, X_FIXED, FIXED_REPLICAS, MLP_TRACE
 //   (diagnostic: thread 0 of each block stamps %globaltimer at each phase into mlp_trace;
 //   tools/trace_mlp.py reads it).
 #include "common.cuh"
@@ -61,6 +62,14 @@ extern "C" __global__ void fixed_to_dtype_kernel(long long* __restrict__ acc, T*
 #ifndef MLP_TRACE
 #define MLP_TRACE 0
 #endif
+#ifndef X_FIXED
+#define X_FIXED 0  // 1: x is a fixed sum [FIXED_REPLICAS, M, H] int64 (attention_o's output)
+#endif
+#if X_FIXED
+typedef long long x_t;
+#else
+typedef T x_t;
+#endif
 #define H HIDDEN
 #define HV (H / 8)  // 16-byte pieces per row of H
 #define THREADS (WARPS * 32)
@@ -84,7 +93,7 @@ __device__ unsigned long long mlp_trace[1024][8];
 // xs [MB][H] float = 6*C*H + 2*H + 4*MB*H bytes.
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-norm_mlp_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ norm_w,
+norm_mlp_kernel(const x_t* __restrict__ x, const T* __restrict__ res, const T* __restrict__ norm_w,
                 const T* __restrict__ w_gu, const T* __restrict__ w_d, T* __restrict__ r_out,
                 long long* __restrict__ acc, long long* __restrict__ clear, int n_clear, int M,
                 int I, float eps) {
@@ -131,7 +140,13 @@ norm_mlp_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __r
         const int m = i / HV, k = (i - m * HV) * 8;
         const int off = m * H + k;
         float f[8];
+#if X_FIXED  // rounded to T first, where the unfused o_proj's output is
+        fixed_load8(x + off, (size_t)M * H, f);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) f[j] = to_f32(from_f32<T>(f[j]));
+#else
         load8(x + off, f);
+#endif
 #if HAS_RES
         {
             float g[8];

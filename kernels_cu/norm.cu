@@ -11,7 +11,8 @@
 // Variants: VEC=8 (16-byte access, H % 8 == 0: every real model), VEC=1 (any H).
 // FIXED_IN=1 (VEC 8 only): x is int64 fixed sums [R, T, H] (fixed_sum.cuh; the fused MLP's output),
 // rounded to dtype_t as the unfused down GEMV stores it, and cleared as it is read (this is its
-// last reader: one block per row, each element read by one thread).
+// last reader: one block per row, each element read by one thread). It also zeroes `clear`
+// [n_clear] int64, a fixed sum whose last reader finished before it (fixed_sum.py pending()).
 // Bandwidth bound: (2 or 4) * T * H * 2 bytes.
 #include "common.cuh"
 
@@ -53,9 +54,17 @@ extern "C" __global__ void rmsnorm_kernel(x_t* __restrict__ x,
                                           const dtype_t* __restrict__ residual,
                                           const dtype_t* __restrict__ w,
                                           dtype_t* __restrict__ y,
-                                          dtype_t* __restrict__ r_out, int hidden, float eps) {
+                                          dtype_t* __restrict__ r_out, int hidden, float eps
+#if FIXED_IN
+                                          , long long* __restrict__ clear, int n_clear
+#endif
+) {
     RE_PDL_WAIT();
     RE_PDL_TRIGGER();
+#if FIXED_IN
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_clear; i += gridDim.x * blockDim.x)
+        clear[i] = 0;
+#endif
     __shared__ float scratch[32];
     const long long base = (long long)blockIdx.x * hidden;
     const int num_vec = hidden / VEC;

@@ -21,7 +21,14 @@ class DecodeGraphs:
         self.engine = engine
         top = engine.max_num_seqs
         self.buckets = [b for b in BUCKETS if b < top] + [top]
-        self.captured: dict[int, tuple] = {}
+        # A backend whose kernels differ for short contexts (Backend.short_context: the CUDA
+        # backend's fused attention + o_proj) gets a second graph per bucket, captured with that
+        # capacity and replayed while every row fits it. Both graphs of a bucket read one input
+        # buffer, so the argmax one writes is the next step's input for either.
+        short = engine.backend.short_context(engine.cfg)
+        self.short = short if short and short < engine.max_model_len else None
+        self.bufs: dict[int, object] = {}
+        self.captured: dict[tuple[int, int], object] = {}
         self.greedy_ids = None  # argmax of the last replay's rows, on the device
 
     def can_run(self, batch: int) -> bool:
@@ -44,18 +51,21 @@ class DecodeGraphs:
                  tables.ravel()]
         return np.concatenate(parts).astype(np.int32)
 
-    def _capture(self, bucket: int):
+    def _capture(self, bucket: int, capacity: int):
         e, b = self.engine, self.engine.backend
-        empty = np.zeros(0, np.int32)
-        host = self._pack(empty, dict(positions=empty, slot_mapping=empty, seq_lens=empty,
-                                      block_tables=np.zeros((0, e.max_blocks_per_seq))), bucket)
-        buf = b.asarray(host, dtype="int32")
+        buf = self.bufs.get(bucket)
+        if buf is None:
+            empty = np.zeros(0, np.int32)
+            host = self._pack(empty, dict(positions=empty, slot_mapping=empty, seq_lens=empty,
+                                          block_tables=np.zeros((0, e.max_blocks_per_seq))),
+                              bucket)
+            buf = self.bufs[bucket] = b.asarray(host, dtype="int32")
         views, at = {}, 0
         for name, size in zip(FIELDS, self._sizes(bucket)):
             views[name], at = buf[at:at + size], at + size
         views["block_tables"] = views["block_tables"].reshape(bucket, e.max_blocks_per_seq)
         meta = StepMeta(**{k: v for k, v in views.items() if k != "ids"}, max_query_len=1,
-                        max_seq_len=e.max_model_len, is_decode=True)
+                        max_seq_len=capacity, is_decode=True)
 
         def step():
             logits = e.model.forward(views["ids"], meta, e.kv.layers)
@@ -64,14 +74,17 @@ class DecodeGraphs:
             greedy = b.argmax(logits, out=views["ids"])
             return logits, greedy
 
-        self.captured[bucket] = (buf, b.graph(step))
-        return self.captured[bucket]
+        self.captured[bucket, capacity] = (buf, b.graph(step))
+        return self.captured[bucket, capacity]
 
     def run(self, ids: np.ndarray | None, arrays: dict):
         """ids None: keep the ids the previous replay of this bucket wrote (its argmax)."""
         n = len(arrays["seq_lens"])
         bucket = next(b for b in self.buckets if b >= n)
-        buf, replay = self.captured.get(bucket) or self._capture(bucket)
+        capacity = self.engine.max_model_len
+        if self.short is not None and int(np.max(arrays["seq_lens"])) <= self.short:
+            capacity = self.short
+        buf, replay = self.captured.get((bucket, capacity)) or self._capture(bucket, capacity)
         if ids is None:
             buf[bucket:].set(self._pack(np.zeros(n, np.int32), arrays, bucket)[bucket:])
         else:

@@ -18,11 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-VARIANTS = ("none", "attention", "o", "mlp", "down", "qkv", "gate_up", "lm_head")
+VARIANTS = ("none", "attn_o", "attention", "o", "mlp", "down", "qkv", "gate_up", "lm_head")
 # "down" and "gate_up" run the MLP unfused (two launches) and remove one of them; "mlp" removes
-# the whole MLP (one fused launch for small models).
+# the whole MLP (one fused launch for small models). "attention" and "o" run attention and
+# o_proj unfused and remove one of them; "attn_o" removes both (one fused launch for small
+# models at short contexts).
 # also (not removals): "unfused_mlp" (the MLP as norm_linear_silu + linear, the A/B of the fused
-# MLP kernel); "min_chunk=N" (decode attention's least tokens per split, every
+# MLP kernel); "unfused_attn_o" (attention + linear, the A/B of the fused attention + o_proj
+# kernel); "min_chunk=N" (decode attention's least tokens per split, every
 # head_dim); "cfg=N,K,{json}" (the M = 1 GEMV params of the N x K product, also as its paired
 # entry: rows must be even for the qkv and gate_up products)
 
@@ -41,10 +44,12 @@ def patch(b, variant: str, cfg) -> None:
         return bufs[key]
 
     linear = b.linear
-    if variant in ("unfused_mlp", "down", "gate_up"):
-        from rawengine.backends.base import Backend
+    from rawengine.backends.base import Backend
 
+    if variant in ("unfused_mlp", "down", "gate_up"):
         b.norm_mlp = lambda *args: Backend.norm_mlp(b, *args)
+    if variant in ("unfused_attn_o", "attention", "o"):
+        b.attention_o = lambda *args: Backend.attention_o(b, *args)
     if variant.startswith("cfg="):
         import json
 
@@ -72,6 +77,17 @@ def patch(b, variant: str, cfg) -> None:
                 return buf((x.shape[0], w.shape[0]), x.dtype)
             return linear(x, w, bias)
         b.linear = fake
+    elif variant.startswith("ao="):  # the fused kernel's shape: ao=warps,unroll,stages,rows[,impl]
+        from rawengine.backends.cuda import attention_o
+
+        vals = variant[3:].split(",")
+        attention_o.OVERRIDE.update(zip(("warps", "unroll", "stages", "rows"),
+                                        [int(v) for v in vals[:4]]))
+        if len(vals) > 4:
+            attention_o.OVERRIDE["impl"] = vals[4]
+    elif variant == "attn_o":
+        b.attention_o = lambda q, kc, vc, meta, scale, w_o: buf((q.shape[0], w_o.shape[0]),
+                                                                 q.dtype)
     elif variant == "mlp":
         def fake_mlp(x, residual, norm_w, eps, w_gu, w_d):
             return buf(x.shape, x.dtype), residual
@@ -105,13 +121,14 @@ def main() -> None:
     res = {v: [] for v in variants}
     from rawengine.backends.cuda import attention
 
-    from rawengine.backends.cuda import gemm
+    from rawengine.backends.cuda import attention_o, gemm
 
     tuned = dict(attention.TUNING["default"]["min_chunk"])
     for _ in range(a.rounds):
         for v in variants:
             attention.TUNING["default"]["min_chunk"].update(tuned)  # undo a min_chunk variant
             gemm.reload_tables()  # undo a cfg variant
+            attention_o.OVERRIDE.clear()  # undo an ao variant
             e = Engine(preset_config(a.preset), device="cuda", max_model_len=a.context + 256,
                        max_num_seqs=1)
             seq = Sequence(list(range(1, a.context)), SamplingParams(temperature=0))

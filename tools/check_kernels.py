@@ -136,7 +136,23 @@ VARIANTS += [
     ("mlp.cu", {"HIDDEN": 576, "MB": 1, "C": 8, "WARPS": 8, "HAS_RES": 1, "FIXED_REPLICAS": 1}),
     ("mlp.cu", {"HIDDEN": 960, "MB": 8, "C": 16, "WARPS": 8, "HAS_RES": 0, "FIXED_REPLICAS": 8,
                 **BF16}),
+    ("mlp.cu", {"HIDDEN": 576, "MB": 1, "C": 16, "WARPS": 8, "HAS_RES": 1, "X_FIXED": 1,
+                "FIXED_REPLICAS": 1}),
     ("norm.cu", {"VEC": 8, "NPT": 1, "RESIDUAL": 1, "FIXED_IN": 1, "FIXED_REPLICAS": 1}),
+    # the fused decode attention + o_proj (attention_o.py; sm_90): SmolLM2's shape, and G 4 / 8
+    # at D 128 with bf16
+    ("decode_attention.cu", {"HEAD_DIM": 64, "GROUP": 3, **_DECODE_BULK, "BULK": 4,
+                             "O_PROJ": 1, "ROWS": 48}),
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 4, **_DECODE_BULK, "BULK": 4,
+                             "O_PROJ": 1, "ROWS": 40, **BF16}),
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 8, **_DECODE_BULK, "BULK": 4,
+                             "O_PROJ": 1, "ROWS": 16}),
+    # ... and its tensor-core build (the default: attention_o.IMPL)
+    ("decode_attention_mma.cu", {"HEAD_DIM": 64, "GROUP": 3, "NUM_WARPS": 8, "TILE": 16,
+                                 "STAGES": 4, "MIN_BLOCKS": 1, "O_PROJ": 1, "ROWS": 48}),
+    ("decode_attention_mma.cu", {"HEAD_DIM": 128, "GROUP": 4, "NUM_WARPS": 8, "TILE": 16,
+                                 "STAGES": 3, "MIN_BLOCKS": 1, "O_PROJ": 1, "ROWS": 40,
+                                 **BF16}),
     ("gemv.cu", {"MB": 1, "ROWS": 2, "WARPS": 8, "UNROLL": 4, "VEC": 8, "PROLOGUE": 1,
                  "PRO_RES": 1, "PRO_FIXED": 1, "FIXED_REPLICAS": 1, "EPILOGUE": 1,
                  "HEAD_DIM": 64}),

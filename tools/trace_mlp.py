@@ -1,11 +1,14 @@
-"""Where does the fused decode MLP's time go inside the real step? (GPU machine)
+"""Where does the time of the fused decode MLP and the fused attention + o_proj go inside the
+real step? (GPU machine)
 
     PYTHONPATH=. python3 tools/trace_mlp.py [preset] [--context 256]
 
-Builds the engine with RAWENGINE_MLP_TRACE=1 (kernels_cu/mlp.cu: thread 0 of every block stamps
-%globaltimer at each phase), replays the captured batch-1 step graph as tools/profile_decode.py
-does, and prints each phase's min / median / max over the blocks of the last layer's launch,
-in us from the moment the first block got past RE_PDL_WAIT (the previous kernel's end).
+Builds the engine with RAWENGINE_MLP_TRACE=1 and RAWENGINE_ATTN_O_TRACE=1 (kernels_cu/mlp.cu,
+decode_attention.cu O_PROJ: thread 0 of every block stamps %globaltimer at each phase), replays
+the captured batch-1 step graph as tools/profile_decode.py does, and prints each phase's min /
+median / max over the blocks of the last layer's launches, in us from the moment the first
+attention_o block got past RE_PDL_WAIT (the qkv GEMV's end; the MLP's own wait when attention_o
+is not used).
 """
 
 from __future__ import annotations
@@ -18,17 +21,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+AO_PHASES = ("attn_o entry (Wo, old keys issued)", "attn_o past RE_PDL_WAIT",
+             "attn_o attention done", "attn_o a = o / l staged", "attn_o end (atomics issued)",
+             "attn_o q landed (warp 0)", "attn_o tile 0 landed (warp 0)",
+             "attn_o last tile done (warp 0)")
 PHASES = ("entry (weights issued next)", "past RE_PDL_WAIT", "x staged", "weights landed",
           "h = rmsnorm(r) staged", "act = silu(g) * u", "end (atomics issued)")
 
 
 def main() -> None:
     os.environ["RAWENGINE_MLP_TRACE"] = "1"
+    os.environ["RAWENGINE_ATTN_O_TRACE"] = "1"
     import cupy as cp
     import numpy as np
     from profile_decode import step_times
 
-    from rawengine.backends.cuda import mlp
+    from rawengine.backends.cuda import attention_o, mlp
     from rawengine.backends.cuda.module import module
     from rawengine.engine import Engine, Sequence
     from rawengine.presets import preset_config
@@ -37,23 +45,40 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("preset", nargs="?", default="smollm2-135m")
     ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--ao", default="", help="attention_o shape: warps,unroll,stages,rows")
     a = ap.parse_args()
+    if a.ao:
+        attention_o.OVERRIDE.update(zip(("warps", "unroll", "stages", "rows"),
+                                        [int(v) for v in a.ao.split(",")]))
     cfg = preset_config(a.preset)
     e = Engine(cfg, device="cuda", max_model_len=a.context + 256, max_num_seqs=1)
     seq = Sequence(list(range(1, a.context)), SamplingParams(temperature=0))
     e.prefill(seq)
     wall, gpu = step_times(e, [seq])
     print(f"{a.preset}, batch 1, context {a.context}: step graph {gpu:.1f} us (traced build)")
-    defines = mlp.kernel_defines(int(e.backend.is_bf16), cfg.hidden_size, 1, mlp.COLS, True)
+    bf16 = int(e.backend.is_bf16)
+    fused_ao = e.backend.short_context(cfg) is not None or attention_o.applies(
+        cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size, 1)
+    tables = []
+    if fused_ao:
+        defines = attention_o.kernel_defines(cfg.head_dim, cfg.num_attention_heads //
+                                             cfg.num_key_value_heads, bf16)
+        blocks = -(-cfg.hidden_size // defines["ROWS"]) * cfg.num_key_value_heads
+        mod = module("decode_attention.cu", defines)
+        tables.append((AO_PHASES, cp.ndarray((1024, 8), cp.uint64,
+                                             memptr=mod.get_global("attn_o_trace"))[:blocks]))
+    defines = mlp.kernel_defines(bf16, cfg.hidden_size, 1, mlp.COLS, True, fused_ao)
     blocks = -(-cfg.intermediate_size // mlp.COLS)
-    stamps = cp.ndarray((1024, 8), cp.uint64,
-                        memptr=module("mlp.cu", defines).get_global("mlp_trace"))
-    t = stamps[:blocks].get().astype(np.int64)
-    rel = (t - t[:, 1].min()) / 1e3
-    print(f"{'phase':30s} {'min':>7s} {'median':>7s} {'max':>7s}  (us)")
-    for i, name in enumerate(PHASES):
-        col = rel[:, i]
-        print(f"{name:30s} {col.min():7.2f} {np.median(col):7.2f} {col.max():7.2f}")
+    tables.append((PHASES, cp.ndarray((1024, 8), cp.uint64,
+                                      memptr=module("mlp.cu", defines).get_global("mlp_trace"))
+                   [:blocks]))
+    t0 = tables[0][1].get().astype(np.int64)[:, 1].min()
+    print(f"{'phase':34s} {'min':>7s} {'median':>7s} {'max':>7s}  (us)")
+    for phases, stamps in tables:
+        rel = (stamps.get().astype(np.int64) - t0) / 1e3
+        for i, name in enumerate(phases):
+            col = rel[:, i]
+            print(f"{name:34s} {col.min():7.2f} {np.median(col):7.2f} {col.max():7.2f}")
 
 
 if __name__ == "__main__":

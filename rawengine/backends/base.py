@@ -151,6 +151,19 @@ class Backend:
         act, r = self.norm_linear_silu(x, residual, norm_w, eps, w_gate_up)
         return self.linear(act, w_down), r
 
+    def short_context(self, cfg) -> int | None:
+        """A capacity (tokens) under which this backend's decode step for this model runs
+        different kernels, so that graphs.py captures a second graph per batch bucket for
+        contexts up to it; None: one graph serves every length."""
+        return None
+
+    def attention_o(self, q: Array, k_cache: Array, v_cache: Array, meta: StepMeta,
+                    scale: float, w_o: Array):
+        """o_proj(attention(q)): linear(attention(q, k_cache, v_cache, meta, scale), w_o) ->
+        [T, H]. Default: those ops; a backend may run it as one kernel at decode sizes, the
+        result then being an array its own ops read (the CUDA backend's fixed sums)."""
+        return self.linear(self.attention(q, k_cache, v_cache, meta, scale), w_o)
+
     def silu_mul_linear(self, gate_up: Array, w: Array, bias: Array | None = None) -> Array:
         """(silu(gate) * up) @ w.T (+ bias);  gate_up [T, 2I] = [gate | up], w [N, I] -> [T, N].
         Default: the unfused ops; a backend may run it as one kernel."""

@@ -53,7 +53,8 @@ class LlamaModel:
     """forward: embedding -> [(+residual) rmsnorm+qkv+rope+kv_write -> attention -> o_proj
     -> (+residual) rmsnorm+gate_up+silu_mul+down] x L -> rmsnorm -> lm_head.
     On the CUDA backend at decode sizes norm_linear_rope is one kernel (rmsnorm + one GEMV with
-    RoPE in its output at large sizes) and norm_mlp one kernel for small models, else two.
+    RoPE in its output at large sizes), attention_o and norm_mlp one kernel each for small
+    models (attention_o at short contexts), else two.
     A backend may run a whole decode step as one launch (Backend.decode_step; the CUDA backend
     does for small models at batch 1, kernels_cu/decode_step.cu)."""
 
@@ -82,8 +83,9 @@ class LlamaModel:
                                              w["qkv"], w.get("qkv_bias"), meta, self.cos,
                                              self.sin, k_cache, v_cache, c.num_attention_heads,
                                              c.num_key_value_heads, c.head_dim)
-            attn = b.attention(q, k_cache, v_cache, meta, self.scale)
-            x = b.linear(attn, w["o"])
+            # attention + o_proj (one kernel at decode on the CUDA backend for small models at
+            # short contexts, else two)
+            x = b.attention_o(q, k_cache, v_cache, meta, self.scale, w["o"])
             # rmsnorm + gate_up + silu_mul + down (one kernel at decode on the CUDA backend
             # for small models, else two)
             x, residual = b.norm_mlp(x, residual, w["post_norm"], c.rms_norm_eps, w["gate_up"],

@@ -198,8 +198,13 @@ class CudaBackend(Backend):
             fn = self._k("norm.cu", "rmsnorm_kernel", VEC=vec, NPT=npt,
                          RESIDUAL=int(residual is not None),
                          **(dict(FIXED_IN=1, FIXED_REPLICAS=REPLICAS) if fixed else {}))
-            fn((t,), (threads,), (xa, residual if residual is not None else y, weight, y, r,
-                                  np.int32(h), np.float32(eps)))
+            args = (xa, residual if residual is not None else y, weight, y, r, np.int32(h),
+                    np.float32(eps))
+            if fixed:
+                clear = self._fixed.pending()
+                args += (xa if clear is None else clear,
+                         np.int32(0 if clear is None else clear.size))
+            fn((t,), (threads,), args)
         if fixed:
             self._fixed.cleared(x)  # FIXED_IN clears each element as it reads it
         return y if residual is None else (y, r)
@@ -261,13 +266,39 @@ class CudaBackend(Backend):
     def norm_mlp(self, x, residual, norm_w, eps, w_gate_up, w_down):
         """Small models at decode sizes: one launch (mlp.norm_mlp), y as fixed sums that
         norm_linear_rope and rmsnorm read directly (any other op converts them first); else
-        norm_linear_silu + linear."""
+        norm_linear_silu + linear. x may be fixed sums (attention_o's output)."""
         from . import mlp
 
-        x = self._dense(x)
         out = mlp.norm_mlp(x, residual, norm_w, eps, w_gate_up, w_down, self._fixed)
+        if out is None and isinstance(x, FixedSum):
+            x = self._dense(x)
+            out = mlp.norm_mlp(x, residual, norm_w, eps, w_gate_up, w_down, self._fixed)
         return out if out is not None else super().norm_mlp(x, residual, norm_w, eps, w_gate_up,
                                                             w_down)
+
+    def short_context(self, cfg) -> int | None:
+        """attention_o.MAX_LEN where the fused attention + o_proj serves this model at batch 1
+        (attention_o.applies), else None."""
+        from . import attention_o
+
+        ok = (self.use_decode_kernel and self.attention_variant == "sync"
+              and attention_o.applies(cfg.num_attention_heads, cfg.num_key_value_heads,
+                                      cfg.head_dim, cfg.hidden_size, batch=1))
+        return attention_o.MAX_LEN if ok else None
+
+    def attention_o(self, q, k_cache, v_cache, meta: StepMeta, scale, w_o):
+        """Decode at short capacities, small models: attention and o_proj in one launch
+        (attention_o.py), the result as fixed sums that norm_mlp reads; else attention +
+        linear."""
+        if (meta.is_decode and self.use_decode_kernel and self.attention_variant == "sync"
+                and q.ndim == 3):
+            from .attention_o import attention_o
+
+            y = attention_o(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, w_o,
+                            self._fixed, max_seq_len=meta.max_seq_len)
+            if y is not None:
+                return y
+        return super().attention_o(q, k_cache, v_cache, meta, scale, w_o)
 
     def silu_mul_linear(self, gate_up, w, bias=None):
         """One GEMV launch for decode M (gemm.silu_mul_linear), else silu_mul + linear."""

@@ -1,18 +1,21 @@
 """Activations held as int64 fixed-point sums (kernels_cu/fixed_sum.cuh) and who clears them.
 
-The fused decode MLP (mlp.py) has every block add a partial of every output element, so its
-output is a buffer of fixed-point sums that must be zero before the kernel runs. Clearing it
+The fused decode MLP (mlp.py) and the fused attention + o_proj (attention_o.py) have every
+block add a partial of every output element, so their outputs are buffers of fixed-point sums
+that must be zero before the kernel runs. Clearing it
 costs nothing when the right kernel does it:
   - a reader that reads each element in one thread (rmsnorm FIXED_IN, to_dense) clears as it
     reads;
-  - a reader whose blocks all read the whole row (the qkv GEMV's PRO_FIXED prologue) cannot; the
-    next fused MLP launch clears that buffer after its RE_PDL_WAIT, when the reader has finished.
+  - a reader whose blocks all read the whole row (the qkv GEMV's PRO_FIXED prologue, the fused
+    MLP's x) cannot; the next launch that takes a buffer (fused MLP, attention_o) or the final
+    rmsnorm (pending()) clears it after its RE_PDL_WAIT, when the reader has finished.
 A buffer holds REPLICAS copies ([REPLICAS, M, H]: block b of a producer adds into copy
 b % REPLICAS, so fewer atomics meet on one L2 line); readers sum them. REPLICAS is 1 (below).
 The pool tracks each buffer's state on the host in launch order, which is the order the GPU
 runs them in (one stream, or one captured graph whose replay repeats the capture). A decode
-step ends with every buffer zero (its last MLP output is read by the final rmsnorm), so the
-state at the start of a captured step is the state at its end, and replays stay consistent.
+step ends with every buffer zero (its last MLP output is read by the final rmsnorm, which also
+clears the one buffer still waiting), so the state at the start of a captured step is the state
+at its end, and replays stay consistent.
 """
 
 from __future__ import annotations
@@ -80,6 +83,18 @@ class FixedSumPool:
         if clear is not None:
             clear.state, clear.gen = ZERO, clear.gen + 1
         return FixedSum(out, dtype), None if clear is None else clear.sums
+
+    def pending(self):
+        """An int64 array a launch that takes no buffer must zero (one whose last reader runs
+        before it: the final rmsnorm clears the last attention_o output this way, so a step
+        still ends with every buffer zero), or None."""
+        dev = cp.cuda.Device().id
+        for (d, _), bufs in self._bufs.items():
+            for b in bufs:
+                if d == dev and b.state == READ:
+                    b.state, b.gen = ZERO, b.gen + 1
+                    return b.sums
+        return None
 
     @staticmethod
     def read(fs: FixedSum) -> None:

@@ -40,45 +40,55 @@ def norm_mlp(x, residual, norm_w, eps: float, w_gu, w_d, pool: FixedSumPool, *, 
              force: bool = False, cols: int | None = None):
     """(y, r): r = x + residual (x when None) rounded to x's dtype; y = down(silu(g) * u) with
     [g | u] = rmsnorm(r) * norm_w @ w_gu.T, as a FixedSum [M, H]. x, residual [M, H]; norm_w [H];
-    w_gu [2I, H]; w_d [H, I]. None where the fused kernel does not apply (sizes, dtypes,
-    alignment, RAWENGINE_FUSED_MLP=0); force skips the size rule, cols sets mlp.cu's C (tests)."""
-    if x.ndim != 2 or w_gu.ndim != 2 or w_d.ndim != 2 or norm_w.ndim != 1:
+    w_gu [2I, H]; w_d [H, I]. x may be a FixedSum (attention_o's output; needs a residual):
+    read, not cleared (the next pool.take() launch clears it). None where the fused kernel does
+    not apply (sizes, dtypes, alignment, RAWENGINE_FUSED_MLP=0); force skips the size rule, cols
+    sets mlp.cu's C (tests)."""
+    fixed = isinstance(x, FixedSum)
+    if (x.ndim != 2 or w_gu.ndim != 2 or w_d.ndim != 2 or norm_w.ndim != 1
+            or (fixed and (residual is None or x.dtype != residual.dtype))):
         return None
     cols = cols or COLS
     M, H = x.shape
     I = w_d.shape[1]
-    arrays = [x, norm_w, w_gu, w_d] + ([residual] if residual is not None else [])
+    arrays = ([] if fixed else [x]) + [norm_w, w_gu, w_d] + (
+        [residual] if residual is not None else [])
     mb = next((b for b in (1, 2, 4, 8) if b >= M), 0)
     if (not enabled() or not 1 <= M <= MAX_M or w_gu.shape != (2 * I, H) or w_d.shape[0] != H
             or norm_w.shape[0] != H or H % 8 or I % 8 or not _is_lowp(*arrays)
             or (residual is not None and residual.shape != x.shape)
             or any(not a.flags.c_contiguous or a.data.ptr % 16 for a in arrays)
             or cols % 8 or smem_bytes(H, mb, cols) + 4 * mb * (WARPS + 3 * cols) > SMEM_MAX
-            or (not force and 3 * H * I * x.itemsize > MAX_WEIGHT_BYTES)):
+            or (not force and 3 * H * I * w_gu.itemsize > MAX_WEIGHT_BYTES)):
         return None
     r = x
     if residual is not None:
-        r = cp.empty_like(x) if r_out is None else r_out
+        r = cp.empty_like(residual) if r_out is None else r_out
         if r.shape != x.shape or r.dtype != x.dtype or r.data.ptr % 16:
             raise ValueError(f"r_out: expected {x.shape} {x.dtype}, 16-byte aligned")
-    y, clear = pool.take((M, H), x.dtype)
+    y, clear = pool.take((M, H), x.dtype)  # before x is marked read: x is not cleared here
     kern = _kernel("mlp.cu", "norm_mlp_kernel",
-                   kernel_defines(_dtype_flag(x), H, mb, cols, residual is not None))
+                   kernel_defines(_dtype_flag(residual if fixed else x), H, mb, cols,
+                                  residual is not None, fixed))
     smem = smem_bytes(H, mb, cols)
     _set_smem(kern, smem)
+    xa = x.sums if fixed else x
     kern((cdiv(I, cols),), (WARPS * 32,),
-         (x, residual if residual is not None else x, norm_w, w_gu, w_d, r, y.sums,
+         (xa, residual if residual is not None else x, norm_w, w_gu, w_d, r, y.sums,
           clear if clear is not None else y.sums, cp.int32(0 if clear is None else clear.size),
           cp.int32(M), cp.int32(I), cp.float32(eps)),
          shared_mem=smem)
+    if fixed:  # every block read all of x: the next fixed-sum producer clears it
+        pool.read(x)
     return y, r
 
 
-def kernel_defines(dtype_flag: int, H: int, mb: int, cols: int, has_res: bool) -> dict:
+def kernel_defines(dtype_flag: int, H: int, mb: int, cols: int, has_res: bool,
+                   x_fixed: bool = False) -> dict:
     """norm_mlp_kernel's defines; RAWENGINE_MLP_TRACE=1 builds the phase-stamping variant
     (tools/trace_mlp.py)."""
     return dict(DTYPE_BF16=dtype_flag, HIDDEN=H, MB=mb, C=cols, WARPS=WARPS,
-                HAS_RES=int(has_res), FIXED_REPLICAS=REPLICAS,
+                HAS_RES=int(has_res), X_FIXED=int(x_fixed), FIXED_REPLICAS=REPLICAS,
                 MLP_TRACE=int(TRACE))
 
 
