@@ -319,19 +319,13 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
     auto is_old = [&](int i) {  // tile i holds only keys older than `newest`
         return min(t_first + i * STEP_U + TILE_U, end) <= newest;
     };
-    // Every page lookup of the first BULK tiles goes out before the first copy: issue()'s asm
-    // orders memory, so looking each page up just before its copy would make the ring's
-    // prologue BULK dependent L2 round trips (~1 us a tile measured in the SmolLM2 step).
-    int pages[BULK];
-#pragma unroll
-    for (int i = 0; i < BULK; ++i) pages[i] = page_of(i);
 #pragma unroll
     for (int i = 0; i < BULK; ++i)
-        if (i < n_tiles && is_old(i)) issue(i, pages[i]);
+        if (i < n_tiles && is_old(i)) issue(i, page_of(i));
     wait_fn();
 #pragma unroll
     for (int i = 0; i < BULK; ++i)
-        if (i < n_tiles && !is_old(i)) issue(i, pages[i]);
+        if (i < n_tiles && !is_old(i)) issue(i, page_of(i));
     int page_next = page_of(BULK);
     for (int i = 0; i < n_tiles; ++i) {
         const int t0 = t_first + i * STEP_U;
@@ -380,6 +374,22 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
 #pragma unroll
             for (int i = 0; i < VEC; ++i) o[g][i] += RE_SHFL_XOR(o[g][i], x);
         }
+    }
+}
+
+// This lane's 8 dims of the GROUP query heads head0.. of sequence b, scaled to log2 units
+// (scores come out as scale * log2e * q.k). Run after RE_PDL_WAIT: q is the previous kernel's.
+// dvec = (lane % LANES_PER_TOK): the lane's 8-dim piece.
+__device__ __forceinline__ void load_q(float (&qf)[GROUP][VEC], const dtype_t* __restrict__ q,
+                                       int b, int num_q_heads, int head0, int dvec,
+                                       float scale_log2) {
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g) {
+        unpack8(*reinterpret_cast<const uint4*>(
+                    q + ((size_t)b * num_q_heads + head0 + g) * HEAD_DIM + dvec * VEC),
+                qf[g]);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) qf[g][i] *= scale_log2;  // scores in log2 units
     }
 }
 
@@ -470,14 +480,7 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
     auto wait_and_load_q = [&]() {  // run by attend_chunk once its first safe loads are out
         RE_PDL_WAIT();
         RE_PDL_TRIGGER();
-#pragma unroll
-        for (int g = 0; g < GROUP; ++g) {
-            unpack8(*reinterpret_cast<const uint4*>(
-                        q + ((size_t)b * num_q_heads + head0 + g) * HEAD_DIM + dvec * VEC),
-                    qf[g]);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) qf[g][i] *= scale_log2;  // scores in log2 units
-        }
+        load_q(qf, q, b, num_q_heads, head0, dvec, scale_log2);
     };
     const int* bt = block_tables + (size_t)b * max_blocks;
     float m[GROUP], l[GROUP], o[GROUP][VEC], m_true[GROUP];
@@ -547,7 +550,7 @@ decode_attention_o_kernel(const dtype_t* __restrict__ q, const dtype_t* __restri
                           int num_kv_heads, int max_blocks, int log2_bs, int hidden,
                           float scale_log2) {
     const int kv_head = blockIdx.y, b = blockIdx.z, n0 = blockIdx.x * ROWS;
-    const int head0 = kv_head * GROUP, tid = threadIdx.x;
+    const int head0 = kv_head * GROUP;
     require_dynamic_smem(RING_OR_SMEM + ROWS * GD * 2);
     BlockSmem& sm = *reinterpret_cast<BlockSmem*>(bulk_smem);  // overlays the rings, later
     dtype_t* wo_s = reinterpret_cast<dtype_t*>(bulk_smem + RING_OR_SMEM);  // [ROWS][GD]
@@ -557,21 +560,14 @@ decode_attention_o_kernel(const dtype_t* __restrict__ q, const dtype_t* __restri
     attn_o_load_wo(wo_s, w_o, n0, hidden, num_q_heads, head0);  // constant during the step
 
     const int len = seq_lens[b];
-    const int dvec = (tid & 31) % LANES_PER_TOK;
+    const int dvec = (threadIdx.x & 31) % LANES_PER_TOK;
     float qf[GROUP][VEC];
     auto wait_and_load_q = [&]() {
         RE_PDL_WAIT();
         RE_PDL_TRIGGER();
         AO_STAMP(1);
         attn_o_clear(clear, n_clear);
-#pragma unroll
-        for (int g = 0; g < GROUP; ++g) {
-            unpack8(*reinterpret_cast<const uint4*>(
-                        q + ((size_t)b * num_q_heads + head0 + g) * HEAD_DIM + dvec * VEC),
-                    qf[g]);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) qf[g][i] *= scale_log2;
-        }
+        load_q(qf, q, b, num_q_heads, head0, dvec, scale_log2);
 #if ATTN_O_TRACE
         if (__float_as_uint(qf[0][0]) != 0x7fc00001u) AO_STAMP(5);  // waits for q to land
 #endif

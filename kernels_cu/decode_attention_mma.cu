@@ -271,6 +271,38 @@ __device__ __forceinline__ void attend_chunk_mma(unsigned (&qa)[KSTEPS][4], Wait
     l += RE_SHFL_XOR(l, 2);
 }
 
+// Q as A fragments (lane = 4g + t): row g = head head0 + g (zero for g >= GROUP), rows g + 8
+// zero. Run after RE_PDL_WAIT: q is the previous kernel's.
+__device__ __forceinline__ void load_q_frags(unsigned (&qa)[KSTEPS][4],
+                                             const dtype_t* __restrict__ q, int b,
+                                             int num_q_heads, int head0, int g, int t) {
+    const bool has_head = g < GROUP;
+    const unsigned* qh = reinterpret_cast<const unsigned*>(
+        q + ((size_t)b * num_q_heads + head0 + (has_head ? g : 0)) * HEAD_DIM + 2 * t);
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; ++kk) {
+        qa[kk][0] = has_head ? qh[8 * kk] : 0u;      // dims 16kk + 2t, +1
+        qa[kk][1] = 0u;
+        qa[kk][2] = has_head ? qh[8 * kk + 4] : 0u;  // dims 16kk + 8 + 2t, +1
+        qa[kk][3] = 0u;
+    }
+}
+
+// This warp's softmax state (rows g < GROUP of the fragments) -> BlockSmem.
+__device__ __forceinline__ void stash_warp_mma(BlockSmem& sm, float m, float l,
+                                               const float (&o)[NT][4], int warp, int g, int t) {
+    if (g < GROUP) {
+#pragma unroll
+        for (int i = 0; i < NT; ++i)  // dims 8i + 2t, +1 of head g
+            *reinterpret_cast<float2*>(&sm.o[warp][g][8 * i + 2 * t]) =
+                make_float2(o[i][0], o[i][1]);
+        if (t == 0) {
+            sm.m[warp][g] = m;
+            sm.l[warp][g] = l;
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS)
 decode_attention_mma_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict__ k_cache,
                             const dtype_t* __restrict__ v_cache,
@@ -295,22 +327,13 @@ decode_attention_mma_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
     require_dynamic_smem(SMEM_BYTES);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
 
-    // Q as A fragments: row g = head head0 + g (zero for g >= GROUP), rows g + 8 zero; loaded
-    // after the PDL wait, which attend_chunk_mma runs once its first safe tiles are in flight
+    // Q as A fragments, loaded after the PDL wait, which attend_chunk_mma runs once its first
+    // safe tiles are in flight
     unsigned qa[KSTEPS][4];
     auto wait_and_load_q = [&]() {
         RE_PDL_WAIT();
         RE_PDL_TRIGGER();
-        const bool has_head = g < GROUP;
-        const unsigned* qh = reinterpret_cast<const unsigned*>(
-            q + ((size_t)b * num_q_heads + head0 + (has_head ? g : 0)) * HEAD_DIM + 2 * t);
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; ++kk) {
-            qa[kk][0] = has_head ? qh[8 * kk] : 0u;      // dims 16kk + 2t, +1
-            qa[kk][1] = 0u;
-            qa[kk][2] = has_head ? qh[8 * kk + 4] : 0u;  // dims 16kk + 8 + 2t, +1
-            qa[kk][3] = 0u;
-        }
+        load_q_frags(qa, q, b, num_q_heads, head0, g, t);
     };
     dtype_t* ring = reinterpret_cast<dtype_t*>(smem_raw) + warp * (STAGES * SLOT);
     const int* bt = block_tables + (size_t)b * max_blocks;
@@ -330,16 +353,7 @@ decode_attention_mma_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
     }
     __syncthreads();  // every warp is done with its ring: BlockSmem overlays the rings
     BlockSmem& sm = *reinterpret_cast<BlockSmem*>(smem_raw);
-    if (g < GROUP) {
-#pragma unroll
-        for (int i = 0; i < NT; ++i)  // dims 8i + 2t, +1 of head g
-            *reinterpret_cast<float2*>(&sm.o[warp][g][8 * i + 2 * t]) =
-                make_float2(o[i][0], o[i][1]);
-        if (t == 0) {
-            sm.m[warp][g] = m;
-            sm.l[warp][g] = l;
-        }
-    }
+    stash_warp_mma(sm, m, l, o, warp, g, t);
     __syncthreads();
     finish_block(sm, out, part_o, part_ml, counters, num_q_heads, head0, b, hblk, split,
                  num_splits, num_active);
@@ -382,16 +396,7 @@ decode_attention_o_kernel(const dtype_t* __restrict__ q, const dtype_t* __restri
         RE_PDL_WAIT();
         RE_PDL_TRIGGER();
         attn_o_clear(clear, n_clear);
-        const bool has_head = g < GROUP;
-        const unsigned* qh = reinterpret_cast<const unsigned*>(
-            q + ((size_t)b * num_q_heads + head0 + (has_head ? g : 0)) * HEAD_DIM + 2 * t);
-#pragma unroll
-        for (int kk = 0; kk < KSTEPS; ++kk) {
-            qa[kk][0] = has_head ? qh[8 * kk] : 0u;
-            qa[kk][1] = 0u;
-            qa[kk][2] = has_head ? qh[8 * kk + 4] : 0u;
-            qa[kk][3] = 0u;
-        }
+        load_q_frags(qa, q, b, num_q_heads, head0, g, t);
     };
     if (len <= 0) {  // an empty sequence: o = 0, nothing to add (block-uniform)
         wait_and_load_q();
@@ -409,16 +414,7 @@ decode_attention_o_kernel(const dtype_t* __restrict__ q, const dtype_t* __restri
                                num_kv_heads, log2_bs, 0, len, len - 1, scale_log2, m, l, o);
     __syncthreads();  // every warp is done with its ring: BlockSmem overlays the rings
     BlockSmem& sm = *reinterpret_cast<BlockSmem*>(smem_raw);
-    if (g < GROUP) {
-#pragma unroll
-        for (int i = 0; i < NT; ++i)
-            *reinterpret_cast<float2*>(&sm.o[warp][g][8 * i + 2 * t]) =
-                make_float2(o[i][0], o[i][1]);
-        if (t == 0) {
-            sm.m[warp][g] = m;
-            sm.l[warp][g] = l;
-        }
-    }
+    stash_warp_mma(sm, m, l, o, warp, g, t);
     __syncthreads();
     attn_o_finish(sm, a_s, wo_s, acc, b, n0, hidden);
 }

@@ -45,11 +45,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("preset", nargs="?", default="smollm2-135m")
     ap.add_argument("--context", type=int, default=256)
-    ap.add_argument("--ao", default="", help="attention_o shape: warps,unroll,stages,rows")
+    ap.add_argument("--ao", default="",
+                    help="attention_o shape: warps,unroll,stages,rows[,impl]")
     a = ap.parse_args()
     if a.ao:
+        vals = a.ao.split(",")
         attention_o.OVERRIDE.update(zip(("warps", "unroll", "stages", "rows"),
-                                        [int(v) for v in a.ao.split(",")]))
+                                        [int(v) for v in vals[:4]]))
+        if len(vals) > 4:
+            attention_o.OVERRIDE["impl"] = vals[4]
     cfg = preset_config(a.preset)
     e = Engine(cfg, device="cuda", max_model_len=a.context + 256, max_num_seqs=1)
     seq = Sequence(list(range(1, a.context)), SamplingParams(temperature=0))
@@ -60,7 +64,9 @@ def main() -> None:
     fused_ao = e.backend.short_context(cfg) is not None or attention_o.applies(
         cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size, 1)
     tables = []
-    if fused_ao:
+    if fused_ao and attention_o._impl() != "bulk":
+        print("(attention_o's stamps exist in its bulk build only: --ao 8,4,4,48,bulk)")
+    elif fused_ao:
         defines = attention_o.kernel_defines(cfg.head_dim, cfg.num_attention_heads //
                                              cfg.num_key_value_heads, bf16)
         blocks = -(-cfg.hidden_size // defines["ROWS"]) * cfg.num_key_value_heads

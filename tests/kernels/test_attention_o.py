@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_decode_attention import _SLOW_SCATTER, FLOOR, Case, from_device, round_to, to_device
-from test_gemm import lowp, round_lowp, to_f64
+from test_decode_attention import FLOOR, Case, LateWriter, from_device, round_to, to_device
+from test_gemm import lowp, round_lowp
 
 from kutil import has_gpu  # noqa: E402
 
@@ -204,34 +204,19 @@ def test_early_loads_never_read_the_newest_key(d, hq, hkv, impl, monkeypatch):
     case = Case(rng, lens, hq, hkv, d, 16, "fp16")
     w_dev, w64 = make_wo(rng, 96, hq, d, "fp16")
     scale = d ** -0.5
-    tables = cp.asnumpy(case.tables)
-    bs = case.k_dev.shape[2]
-    kv_idx = np.concatenate([
-        ((tables[b, (n - 1) // bs] * hkv + h) * bs + (n - 1) % bs) * d + np.arange(d)
-        for b, n in enumerate(lens) for h in range(hkv)]).astype(np.int64)
-    q_idx = np.arange(case.q_dev.size, dtype=np.int64)
-    k_true = case.k_dev.reshape(-1)[cp.asarray(kv_idx)].copy()
-    v_true = case.v_dev.reshape(-1)[cp.asarray(kv_idx)].copy()
-    q_true = case.q_dev.reshape(-1).copy()
-    nan = np.float16(np.nan)
-    scatter = launch.Kernel(cp.RawKernel(_SLOW_SCATTER, "slow_scatter"))
-    kv_i, q_i = cp.asarray(kv_idx), cp.asarray(q_idx)
+    late = LateWriter(case)
     pool = FixedSumPool()
     ref, ref_lowp = reference(case, scale, w64, "fp16")
     stream = cp.cuda.Stream(non_blocking=True)
     cp.cuda.Device().synchronize()
     with stream:
         stream.begin_capture()
-        scatter((1,), (256,), (case.k_dev, kv_i, k_true, np.int32(kv_idx.size), case.v_dev,
-                               kv_i, v_true, np.int32(kv_idx.size), case.q_dev, q_i, q_true,
-                               np.int32(q_idx.size), np.int64(100_000)))
+        late.write()
         y = ao.attention_o(case.q_dev, case.k_dev, case.v_dev, case.tables, case.seq_lens,
                            scale, w_dev, pool, max_seq_len=max(lens), force=True)
         graph = stream.end_capture()
         for _ in range(3):
-            case.k_dev.reshape(-1)[kv_i] = nan  # the values the late writer will restore
-            case.v_dev.reshape(-1)[kv_i] = nan
-            case.q_dev.reshape(-1)[q_i] = nan
+            late.poison()
             y.sums.fill(0)
             graph.launch(stream)
             stream.synchronize()

@@ -497,6 +497,42 @@ extern "C" __global__ void slow_scatter(unsigned short* d0, const long long* i0,
 """
 
 
+class LateWriter:
+    """The kernel before a decode attention launch, as an adversary: write() (captured before
+    it) restores q and every newest K/V row of `case` ~50 us late; poison() (before each replay)
+    sets them to NaN, so any read of them ahead of the PDL wait poisons the output."""
+
+    def __init__(self, case):
+        from rawengine.backends.cuda import launch
+
+        tables = cp.asnumpy(case.tables)
+        bs, hkv, d = case.k_dev.shape[2], case.hkv, case.d
+        # flat indices of every newest K/V element and of q, with their true values
+        kv_idx = np.concatenate([
+            ((tables[b, (n - 1) // bs] * hkv + h) * bs + (n - 1) % bs) * d + np.arange(d)
+            for b, n in enumerate(case.lens) for h in range(hkv)]).astype(np.int64)
+        self.case, self.n_kv, self.n_q = case, kv_idx.size, case.q_dev.size
+        self.kv_i = cp.asarray(kv_idx)
+        self.q_i = cp.arange(self.n_q, dtype=cp.int64)
+        self.k_true = case.k_dev.reshape(-1)[self.kv_i].copy()
+        self.v_true = case.v_dev.reshape(-1)[self.kv_i].copy()
+        self.q_true = case.q_dev.reshape(-1).copy()
+        self.kernel = launch.Kernel(cp.RawKernel(_SLOW_SCATTER, "slow_scatter"))
+
+    def write(self):
+        c = self.case
+        self.kernel((1,), (256,), (c.k_dev, self.kv_i, self.k_true, np.int32(self.n_kv),
+                                   c.v_dev, self.kv_i, self.v_true, np.int32(self.n_kv),
+                                   c.q_dev, self.q_i, self.q_true, np.int32(self.n_q),
+                                   np.int64(100_000)))
+
+    def poison(self):
+        nan = np.float16(np.nan)  # the values the late writer will restore
+        self.case.k_dev.reshape(-1)[self.kv_i] = nan
+        self.case.v_dev.reshape(-1)[self.kv_i] = nan
+        self.case.q_dev.reshape(-1)[self.q_i] = nan
+
+
 @pytest.mark.parametrize("variant,impl", VARIANT_IMPLS)
 @pytest.mark.parametrize("d,hq,hkv", [(128, 32, 8), (64, 9, 3)])
 def test_early_loads_never_read_the_newest_key(variant, impl, d, hq, hkv):
@@ -511,37 +547,21 @@ def test_early_loads_never_read_the_newest_key(variant, impl, d, hq, hkv):
     lens = [300, 17, 1, 2048, 64]
     case = Case(rng, lens, hq, hkv, d, 16, "fp16")
     scale = d ** -0.5
-    tables = cp.asnumpy(case.tables)
-    nb, _, bs, _ = case.k_dev.shape
-    # flat indices of every newest K/V element and of q, with their true values
-    kv_idx = np.concatenate([
-        ((tables[b, (n - 1) // bs] * hkv + h) * bs + (n - 1) % bs) * d + np.arange(d)
-        for b, n in enumerate(lens) for h in range(hkv)]).astype(np.int64)
-    q_idx = np.arange(case.q_dev.size, dtype=np.int64)
-    k_true = case.k_dev.reshape(-1)[cp.asarray(kv_idx)].copy()
-    v_true = case.v_dev.reshape(-1)[cp.asarray(kv_idx)].copy()
-    q_true = case.q_dev.reshape(-1).copy()
-    nan = np.float16(np.nan)
-    scatter = launch.Kernel(cp.RawKernel(_SLOW_SCATTER, "slow_scatter"))
+    late = LateWriter(case)
     out = cp.empty((len(lens), hq * d), cp.float16)
     ws = get_workspace(len(lens), hq, hkv, d, 8)
-    kv_i, q_i = cp.asarray(kv_idx), cp.asarray(q_idx)
     kw = dict(max_seq_len=max(lens), variant=variant, phi=0.0 if variant == "async" else None,
               workspace=ws, out=out, num_splits=8, config={"impl": impl})
     stream = cp.cuda.Stream(non_blocking=True)
     cp.cuda.Device().synchronize()
     with stream:
         stream.begin_capture()
-        scatter((1,), (256,), (case.k_dev, kv_i, k_true, np.int32(kv_idx.size), case.v_dev,
-                               kv_i, v_true, np.int32(kv_idx.size), case.q_dev, q_i, q_true,
-                               np.int32(q_idx.size), np.int64(100_000)))
+        late.write()
         decode_attention(case.q_dev, case.k_dev, case.v_dev, case.tables, case.seq_lens, scale,
                          **kw)
         graph = stream.end_capture()
         for _ in range(3):
-            case.k_dev.reshape(-1)[kv_i] = nan  # the values the late writer will restore
-            case.v_dev.reshape(-1)[kv_i] = nan
-            case.q_dev.reshape(-1)[q_i] = nan
+            late.poison()
             out.fill(np.nan)
             graph.launch(stream)
             stream.synchronize()

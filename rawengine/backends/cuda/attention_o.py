@@ -1,6 +1,7 @@
-"""Decode attention + o_proj in one launch for small models (decode_attention.cu, the O_PROJ
-build of its cp.async.bulk kernel), o_proj's output as fixed-point sums (fixed_sum.py) that the
-fused MLP (mlp.py) reads directly.
+"""Decode attention + o_proj in one launch for small models (the O_PROJ builds of
+decode_attention_mma.cu, tensor cores, the default, and of decode_attention.cu's cp.async.bulk
+kernel; the o_proj half is attn_o.cuh), o_proj's output as fixed-point sums (fixed_sum.py) that
+the fused MLP (mlp.py) reads directly.
 
     y[b] = o_proj(attention(q[b], K/V of sequence b))     one launch, no split merge
 
@@ -81,8 +82,8 @@ def _fit_stages(head_dim: int, group: int, rows: int | None, stages: int | None)
 
 def applies(hq: int, hkv: int, head_dim: int, hidden: int, batch: int, *,
             rows: int | None = None, stages: int | None = None, size_rule: bool = True) -> bool:
-    """Whether the fused kernel runs this shape on this device: sm_90 (cp.async.bulk), one
-    block per KV head (GQA groups of at most 8 heads), head_dim 64 or 128, shared memory, and
+    """Whether the fused kernel runs this shape on this device: sm_90 (where it was measured;
+    the bulk build needs cp.async.bulk), one block per KV head (GQA groups of at most 8 heads), head_dim 64 or 128, shared memory, and
     (size_rule) all blocks in one wave."""
     group = hq // hkv if hkv and hq % hkv == 0 else 0
     if not group:
@@ -122,12 +123,12 @@ def attention_o(q, k_cache, v_cache, block_tables, seq_lens, scale: float, w_o,
             or seq_lens.shape[0] < batch
             or not applies(hq, hkv, d, hidden, batch, rows=rows, stages=stages,
                            size_rule=not force)
-            or (not force and max_seq_len > MAX_LEN)):
+            or (not force and max_seq_len > MAX_LEN)
+            # the tensor-core kernel's cache row index is 32-bit
+            or (_impl() == "mma" and k_cache.shape[0] * hkv * bs >= 1 << 32)):
         return None
     group, grid = hq // hkv, (cdiv(hidden, rows), hkv, batch)
     y, clear = pool.take((batch, hidden), q.dtype)
-    if _impl() == "mma" and k_cache.shape[0] * hkv * bs >= 1 << 32:
-        return None  # the tensor-core kernel's cache row index is 32-bit
     kern = _kernel(FILES[_impl()], "decode_attention_o_kernel",
                    kernel_defines(d, group, _dtype_flag(q), rows, stages))
     smem = smem_bytes(d, group, rows, stages)
