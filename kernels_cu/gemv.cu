@@ -212,7 +212,6 @@ __device__ __forceinline__ void stage_add_rmsnorm(T* xs, const XT* __restrict__ 
                                                   int mb, int M, int K, int k0, int kc,
                                                   int k_chunk) {
     __shared__ float s_sum[WARPS][MB];
-    __shared__ float s_inv_rms[MB];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const bool is_writer = blockIdx.x == 0 && blockIdx.y == 0;
     // pass 1 (global): r rows -> sum of squares, own K slice of r -> xs, r -> r_out (writer)
@@ -243,14 +242,9 @@ __device__ __forceinline__ void stage_add_rmsnorm(T* xs, const XT* __restrict__ 
         if (lane == 0) s_sum[warp][m] = ss;
     }
     __syncthreads();
-    if (tid < mb) {
-        float ss = 0.f;
-#pragma unroll
-        for (int j = 0; j < WARPS; ++j) ss += s_sum[j][tid];
-        s_inv_rms[tid] = rsqrtf(ss / K + eps);
-    }
-    __syncthreads();
-    // pass 2 (shared): scale the staged slice, zero the padding
+    // pass 2 (shared): scale the staged slice, zero the padding. Every thread sums the WARPS
+    // partials of its row itself (the same order in all threads): one barrier less on the
+    // latency-bound path after the PDL wait than a single thread writing inv_rms to shared.
     for (int i = tid * VEC; i < MB * k_chunk; i += WARPS * 32 * VEC) {
         const int m = i / k_chunk, kk = i - m * k_chunk;
         Raw v = zero_raw();
@@ -262,7 +256,10 @@ __device__ __forceinline__ void stage_add_rmsnorm(T* xs, const XT* __restrict__ 
 #else
             unpack(load_plain(norm_w + k0 + kk), g);
 #endif
-            const float inv_rms = s_inv_rms[m];
+            float ss = 0.f;
+#pragma unroll
+            for (int j = 0; j < WARPS; ++j) ss += s_sum[j][m];
+            const float inv_rms = rsqrtf(ss / K + eps);
 #pragma unroll
             for (int j = 0; j < VEC; ++j) f[j] = f[j] * inv_rms * g[j];
             v = pack(f);

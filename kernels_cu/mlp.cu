@@ -17,12 +17,13 @@
 //   the matching C columns of Wd. Block: WARPS warps.
 // Why this shape: the block's weights (6*C*H bytes, 55 KB for SmolLM2 at mlp.py's C = 16) are
 // constant during a step, so all of them are copied into shared memory (cp.async) before
-// RE_PDL_WAIT, under the previous kernels. After the wait the block needs x (one L2 read), a block reduction,
-// 2C dot products and H*C FMAs from shared memory, and M*H 64-bit atomic adds: the gate_up ->
-// down kernel boundary and down's weight ramp-up are gone. After the wait the path is latency
+// RE_PDL_WAIT, under the previous kernels. After the wait the block needs x (one L2 read, one
+// barrier), per warp a shuffle reduction and 2C/WARPS dot products, a second barrier, then H*C
+// FMAs from shared memory and M*H 64-bit atomic adds: the gate_up -> down kernel boundary and
+// down's weight ramp-up are gone. After the wait the path is latency
 // bound (a few dependent instructions per thread at a time), so H is a compile-time constant:
 // every index is a multiply-shift, not a division.
-// Needs H % 8 == 0, I % 8 == 0, C % 8 == 0, 16-byte aligned pointers, M <= MB.
+// Needs H % 8 == 0, I % 8 == 0, C % 8 == 0, C % WARPS == 0, 16-byte aligned pointers, M <= MB.
 // Defines: DTYPE_BF16, HIDDEN (H), MB, C, WARPS, HAS_RES, X_FIXED, FIXED_REPLICAS, MLP_TRACE
 //   (diagnostic: thread 0 of each block stamps %globaltimer at each phase into mlp_trace;
 //   tools/trace_mlp.py reads it).
@@ -73,8 +74,8 @@ typedef T x_t;
 #define H HIDDEN
 #define HV (H / 8)  // 16-byte pieces per row of H
 #define THREADS (WARPS * 32)
-#if C % 8 != 0 || MB * C > THREADS || H % 8 != 0
-#error "C and H must be multiples of 8, and MB * C at most the block's threads"
+#if C % 8 != 0 || C % WARPS != 0 || H % 8 != 0
+#error "C and H must be multiples of 8, and C a multiple of WARPS"
 #endif
 
 #if MLP_TRACE
@@ -89,8 +90,8 @@ __device__ unsigned long long mlp_trace[1024][8];
 #define STAMP(i)
 #endif
 
-// Dynamic shared memory (mlp.py's smem_bytes): gu_s [2C][H] T, wd_s [H][C] T, nw_s [H] T,
-// xs [MB][H] float = 6*C*H + 2*H + 4*MB*H bytes.
+// Dynamic shared memory (mlp.py's smem_bytes): gu_s [2C][H] T, wd_s [H][C] T, xs [MB][H] float
+// = 6*C*H + 4*MB*H bytes.
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 norm_mlp_kernel(const x_t* __restrict__ x, const T* __restrict__ res, const T* __restrict__ norm_w,
@@ -100,10 +101,7 @@ norm_mlp_kernel(const x_t* __restrict__ x, const T* __restrict__ res, const T* _
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* gu_s = reinterpret_cast<T*>(smem_raw);  // [2C][H]: gate rows c0.., then up rows c0..
     T* wd_s = gu_s + 2 * C * H;                 // [H][C]: Wd[:, c0:c0+C]
-    T* nw_s = wd_s + H * C;                     // [H]
-    float* xs = reinterpret_cast<float*>(nw_s + H);  // [MB][H]: r, then h, rounded to T
-    __shared__ float s_sum[WARPS][MB];
-    __shared__ float s_gu[MB][2 * C];
+    float* xs = reinterpret_cast<float*>(wd_s + H * C);  // [MB][H]: r rounded to T
     __shared__ float s_act[MB][C];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -122,8 +120,15 @@ norm_mlp_kernel(const x_t* __restrict__ x, const T* __restrict__ res, const T* _
         const bool ok = c0 + j < I;
         cp_async16(wd_s + n * C + j, w_d + (size_t)n * I + (ok ? c0 + j : 0), ok);
     }
-    for (int i = tid; i < HV; i += THREADS) cp_async16(nw_s + i * 8, norm_w + i * 8, true);
     cp_async_commit();
+    // the norm weights of this lane's pieces of a row (v = lane + 32 t, below), in registers
+    constexpr int VPL = (HV + 31) / 32;
+    float nw[VPL][8];
+#pragma unroll
+    for (int t = 0; t < VPL; ++t) {
+        const int v = lane + 32 * t;
+        if (v < HV) load8(norm_w + v * 8, nw[t]);
+    }
 
     RE_PDL_WAIT();
     RE_PDL_TRIGGER();
@@ -131,11 +136,8 @@ norm_mlp_kernel(const x_t* __restrict__ x, const T* __restrict__ res, const T* _
 
     for (int i = blockIdx.x * THREADS + tid; i < n_clear; i += gridDim.x * THREADS) clear[i] = 0;
 
-    // r = x (+ res) rounded to T -> xs (float), sums of squares per row
+    // r = x (+ res) rounded to T -> xs (float)
     const int mb = min(M, MB);
-    float ss[MB];
-#pragma unroll
-    for (int m = 0; m < MB; ++m) ss[m] = 0.f;
     for (int i = tid; i < mb * HV; i += THREADS) {
         const int m = i / HV, k = (i - m * HV) * 8;
         const int off = m * H + k;
@@ -156,68 +158,85 @@ norm_mlp_kernel(const x_t* __restrict__ x, const T* __restrict__ res, const T* _
             if (blockIdx.x == 0) store8(r_out + off, f);
         }
 #endif
-        float s = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) s = fmaf(f[j], f[j], s);
-#pragma unroll
-        for (int mm = 0; mm < MB; ++mm)
-            if (mm == m) ss[mm] += s;
         *reinterpret_cast<float4*>(xs + off) = make_float4(f[0], f[1], f[2], f[3]);
         *reinterpret_cast<float4*>(xs + off + 4) = make_float4(f[4], f[5], f[6], f[7]);
-    }
-#pragma unroll
-    for (int m = 0; m < MB; ++m) {
-        const float s = warp_sum(ss[m]);
-        if (lane == 0) s_sum[warp][m] = s;
     }
     STAMP(2);
     cp_async_wait<0>();
     __syncthreads();
     STAMP(3);
-    // h = r * inv_rms * norm_w, rounded to T (each thread rescales the pieces it staged)
-    for (int i = tid; i < mb * HV; i += THREADS) {
-        const int m = i / HV, k = (i - m * HV) * 8;
-        float tot = 0.f;
-#pragma unroll
-        for (int j = 0; j < WARPS; ++j) tot += s_sum[j][m];
-        const float inv_rms = rsqrtf(tot * (1.f / H) + eps);
-        float w[8];
-        load8(nw_s + k, w);
-        float* p = xs + m * H + k;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) p[j] = to_f32(from_f32<T>(p[j] * inv_rms * w[j]));
-    }
-    __syncthreads();
-    STAMP(4);
 
-    // g, u: 2C dot products of length H, one warp per row
-    for (int row = warp; row < 2 * C; row += WARPS) {
-        float d[MB];
+    // Warp w owns columns [w*CPW, w*CPW + CPW): their gate and up rows (R dot products of length
+    // H), so SiLU-mul needs no block barrier. Every warp normalises the whole row itself (its
+    // lanes cover H, so its sum of squares needs only shuffles): after the one barrier above
+    // the chain is shared-memory loads, shuffles and FMAs, with the R rows' sums in flight
+    // together. All warps sum the squares in the same order, so every block gets the same h.
+    constexpr int CPW = C / WARPS, R = 2 * CPW;
+    float d[MB][R];
 #pragma unroll
-        for (int m = 0; m < MB; ++m) d[m] = 0.f;
+    for (int m = 0; m < MB; ++m)
 #pragma unroll
-        for (int v = lane; v < HV; v += 32) {
-            float w[8];
-            load8(gu_s + row * H + v * 8, w);
+        for (int r = 0; r < R; ++r) d[m][r] = 0.f;
 #pragma unroll
-            for (int m = 0; m < MB; ++m) {
+    for (int m = 0; m < MB; ++m) {
+        if (m >= mb) break;
+        float h[VPL][8], ss_t[VPL];  // sums of squares per piece: short dependent chains
+#pragma unroll
+        for (int t = 0; t < VPL; ++t) {
+            const int v = lane + 32 * t;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) h[t][j] = 0.f;
+            if (v < HV) {
                 const float4 a = *reinterpret_cast<const float4*>(xs + m * H + v * 8);
                 const float4 b = *reinterpret_cast<const float4*>(xs + m * H + v * 8 + 4);
-                d[m] = fmaf(w[0], a.x, fmaf(w[1], a.y, fmaf(w[2], a.z, fmaf(w[3], a.w, d[m]))));
-                d[m] = fmaf(w[4], b.x, fmaf(w[5], b.y, fmaf(w[6], b.z, fmaf(w[7], b.w, d[m]))));
+                h[t][0] = a.x; h[t][1] = a.y; h[t][2] = a.z; h[t][3] = a.w;
+                h[t][4] = b.x; h[t][5] = b.y; h[t][6] = b.z; h[t][7] = b.w;
+            }
+            ss_t[t] = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) ss_t[t] = fmaf(h[t][j], h[t][j], ss_t[t]);
+        }
+        float ss = 0.f;
+#pragma unroll
+        for (int t = 0; t < VPL; ++t) ss += ss_t[t];
+        const float inv_rms = rsqrtf(warp_sum(ss) * (1.f / H) + eps);
+#pragma unroll
+        for (int t = 0; t < VPL; ++t) {
+            const int v = lane + 32 * t;
+            if (v >= HV) continue;  // h stays 0: adds nothing below
+#pragma unroll
+            for (int j = 0; j < 8; ++j) h[t][j] = to_f32(from_f32<T>(h[t][j] * inv_rms * nw[t][j]));
+        }
+        if (m == 0) STAMP(4);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int row = (r < CPW ? 0 : C - CPW) + warp * CPW + r;  // gate rows, then up rows
+#pragma unroll
+            for (int t = 0; t < VPL; ++t) {
+                const int v = lane + 32 * t;
+                if (v >= HV) continue;
+                float w[8], p = 0.f;  // per piece, then added: short dependent chains
+                load8(gu_s + row * H + v * 8, w);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) p = fmaf(w[j], h[t][j], p);
+                d[m][r] += p;
             }
         }
-#pragma unroll
-        for (int m = 0; m < MB; ++m) {
-            const float s = warp_sum(d[m]);
-            if (lane == 0) s_gu[m][row] = to_f32(from_f32<T>(s));
-        }
     }
-    __syncthreads();
-    if (tid < MB * C) {
-        const int m = tid / C, j = tid - m * C;
-        const float g = s_gu[m][j], u = s_gu[m][C + j];
-        s_act[m][j] = to_f32(from_f32<T>(g / (1.f + __expf(-g)) * u));
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1)  // the MB * R butterflies interleaved
+#pragma unroll
+        for (int m = 0; m < MB; ++m)
+#pragma unroll
+            for (int r = 0; r < R; ++r) d[m][r] += RE_SHFL_XOR(d[m][r], s);
+    if (lane == 0) {
+#pragma unroll
+        for (int m = 0; m < MB; ++m)
+#pragma unroll
+            for (int j = 0; j < CPW; ++j) {
+                const float g = to_f32(from_f32<T>(d[m][j])), u = to_f32(from_f32<T>(d[m][CPW + j]));
+                s_act[m][warp * CPW + j] = to_f32(from_f32<T>(g / (1.f + __expf(-g)) * u));
+            }
     }
     __syncthreads();
     STAMP(5);

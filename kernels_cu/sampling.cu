@@ -12,6 +12,11 @@
 //   (counters[b]: gpu-scope acq_rel arrival, zero between launches, reset by that block)
 //   reduces the row's partials and writes out[b]. One launch instead of partial + reduce: at a
 //   batch-1 decode step the second kernel boundary cost more than the reduction (H100).
+//   host_out (nullable): pinned host memory [2, B] int32, mapped (unified addressing); the same
+//   block also stores out[b] to host_out[*host_slot * B + b], so a decode graph hands its tokens
+//   to the host without a device-to-host copy on the stream (a copy cost ~10 us a step on the
+//   H100, the store nothing measurable: docs/launch_notes.md, "Session 11"). The host alternates
+//   the slot, so it reads step k's tokens while step k + 1 writes the other one.
 // Variant 2, sample_kernel: grid B, block 1024 (one block per row; V is L2-resident, each pass
 // reads it once). Same order of operations as rawengine/sampling.py:
 //   1. repetition penalty on seen[b, i] != 0:  x = l > 0 ? l / r : l * r
@@ -73,7 +78,8 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* s
 extern "C" __global__ void argmax_kernel(const logit_t* __restrict__ logits, int vocab,
                                          int chunk, float* __restrict__ part_val,
                                          int* __restrict__ part_idx, int* __restrict__ counters,
-                                         int* __restrict__ out) {
+                                         int* __restrict__ out, int* __restrict__ host_out,
+                                         const int* __restrict__ host_slot) {
     RE_PDL_WAIT();
     RE_PDL_TRIGGER();
     __shared__ float sv[32];
@@ -103,6 +109,7 @@ extern "C" __global__ void argmax_kernel(const logit_t* __restrict__ logits, int
     block_argmax(v, idx, sv, si);
     if (threadIdx.x == 0) {
         out[b] = idx;
+        if (host_out != nullptr) host_out[*host_slot * gridDim.y + b] = idx;
         counters[b] = 0;  // ready for the next launch (graph replay)
     }
 }

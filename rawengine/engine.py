@@ -78,7 +78,7 @@ class Engine:
         # the last block is scratch: padded rows of a captured batch write there
         self.kv = KVCache(self.backend, cfg, blocks_per_seq * max_num_seqs + 1, self.block_size)
         self.scratch_block = self.kv.allocator.allocate(1)[0]
-        self.graphs, self.greedy_ids = None, None
+        self.graphs, self.greedy_tokens = None, None
         if use_graphs and getattr(self.backend, "supports_graphs", False):
             from .graphs import DecodeGraphs
             self.graphs = DecodeGraphs(self)
@@ -131,10 +131,10 @@ class Engine:
         """Runs one step; returns logits [len(seqs), V] on the backend. feedback: a decode
         graph step whose input ids are the previous graph step's argmax, still on the device."""
         ids, arrays = self.plan(seqs, counts, with_ids=not feedback)
-        self.greedy_ids = None  # device argmax computed inside a decode graph
+        self.greedy_tokens = None  # () -> the argmax a decode graph computed, on the host
         if self.graphs is not None and max(counts) == 1 and self.graphs.can_run(len(seqs)):
             logits = self.graphs.run(ids, arrays)
-            self.greedy_ids = self.graphs.greedy_ids
+            self.greedy_tokens = self.graphs.tokens
         else:
             meta = self.to_meta(arrays, max(counts), int(arrays["seq_lens"].max()))
             logits = self.model.forward(self.backend.asarray(ids, dtype="int32"), meta,
@@ -146,8 +146,8 @@ class Engine:
     def sample(self, logits, seqs: list[Sequence]) -> list[int]:
         plain_greedy = all(s.params.is_greedy and s.params.repetition_penalty == 1.0
                            for s in seqs)
-        if plain_greedy and self.greedy_ids is not None:
-            return self.backend.to_numpy(self.greedy_ids).tolist()
+        if plain_greedy and self.greedy_tokens is not None:
+            return self.greedy_tokens()
         if hasattr(self.backend, "sample_rows"):
             return self.backend.sample_rows(logits, seqs)
         host = self.backend.to_numpy(logits)
@@ -220,7 +220,6 @@ class Engine:
     def can_pipeline(self, seqs: list[Sequence]) -> bool:
         """Plain greedy rows on a captured decode graph, with room for one step ahead."""
         return (self.graphs is not None and self.graphs.can_run(len(seqs))
-                and hasattr(self.backend, "fetch_async")
                 and all(s.params.is_greedy and s.params.repetition_penalty == 1.0
                         and len(s.token_ids) + 2 < self.max_model_len for s in seqs))
 
@@ -230,12 +229,12 @@ class Engine:
         host work hides behind the GPU. Returns when the batch changes (a sequence finished,
         or is about to run out of context); the step already in flight is drained first."""
         self.forward(seqs, [1] * len(seqs))  # input ids from the host
-        pending = self.backend.fetch_async(self.greedy_ids)
+        pending = self.greedy_tokens
         while True:
             room = all(len(s.token_ids) + 3 < self.max_model_len for s in seqs)
             if room:
                 self.forward(seqs, [1] * len(seqs), feedback=True)
-                ahead = self.backend.fetch_async(self.greedy_ids)
+                ahead = self.greedy_tokens
             yield from self._append(seqs, pending(), eos_ids)
             self.stats.decode_steps += 1
             if not room or any(s.finished for s in seqs):

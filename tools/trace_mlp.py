@@ -25,8 +25,9 @@ AO_PHASES = ("attn_o entry (Wo, old keys issued)", "attn_o past RE_PDL_WAIT",
              "attn_o attention done", "attn_o a = o / l staged", "attn_o end (atomics issued)",
              "attn_o q landed (warp 0)", "attn_o tile 0 landed (warp 0)",
              "attn_o last tile done (warp 0)")
-PHASES = ("entry (weights issued next)", "past RE_PDL_WAIT", "x staged", "weights landed",
-          "h = rmsnorm(r) staged", "act = silu(g) * u", "end (atomics issued)")
+PHASES = ("entry (weights issued next)", "past RE_PDL_WAIT", "x staged (thread 0)",
+          "barrier: x, weights in smem", "h = rmsnorm(r) (warp 0)", "act = silu(g) * u",
+          "end (atomics issued)")
 
 
 def main() -> None:

@@ -48,6 +48,36 @@ def test_argmax_ties_across_chunks_into_out(be, b, v):
         be.argmax(be.asarray(x), out=cp.zeros((b + 1,), np.int32))
 
 
+@pytest.mark.parametrize("b,v", [(1, 49152), (3, 1025)])
+def test_argmax_into_pinned_host_slots(be, b, v):
+    """A decode graph's argmax also lands in pinned host memory at the slot a device int
+    names (graphs.py hands tokens to the host this way, with no copy on the stream): replayed
+    with slots 0, 1, 0 and new logits each time, the named slot holds that replay's ids and
+    the other slot keeps the previous one's; the device out gets the same ids."""
+    rng = np.random.default_rng(v)
+    x = cp.empty((b, v), cp.float16 if be.dtype_name == "float16" else cp.float32)
+    out = cp.full((b,), -7, np.int32)
+    slot = cp.zeros((1,), np.int32)
+    ring = be.pinned((2, b), "int32")
+    ring[:] = -1
+    replay = be.graph(lambda: be.argmax(x, out=out, host_out=ring, host_slot=slot))
+    prev = None
+    for k, s in enumerate((0, 1, 0)):
+        xs = rng.standard_normal((b, v)).astype(np.float32)
+        x.set(xs.astype(x.dtype))
+        slot.fill(s)
+        replay()
+        got = be.when_done(lambda: ring.copy())()
+        want = np.argmax(x.get().astype(np.float32), axis=1)
+        np.testing.assert_array_equal(got[s], want)
+        np.testing.assert_array_equal(out.get(), want)
+        if prev is not None:
+            np.testing.assert_array_equal(got[1 - s], prev)
+        prev = want
+    with pytest.raises(ValueError, match="host_out"):
+        be.argmax(x, host_out=be.pinned((2, b + 1), "int32"), host_slot=slot)
+
+
 def test_greedy_with_repetition_penalty(be):
     rng = np.random.default_rng(3)
     b, v = 4, 5000

@@ -106,21 +106,20 @@ class CudaBackend(Backend):
     def synchronize(self) -> None:
         cp.cuda.get_current_stream().synchronize()
 
-    def fetch_async(self, a):
-        """Queue a device-to-host copy of `a` on the current stream (into pinned memory) and
-        return a callable that waits for it and gives the numpy array: lets the host launch
-        more work before it needs the values."""
+    def pinned(self, shape, dtype):
+        """Page-locked host memory (numpy), mapped at the same address on the device."""
         import cupyx
 
-        host = cupyx.empty_pinned(a.shape, a.dtype)
-        stream = cp.cuda.get_current_stream()
-        cp.cuda.runtime.memcpyAsync(host.ctypes.data, a.data.ptr, a.nbytes,
-                                    cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
-        done = stream.record()
+        return cupyx.empty_pinned(shape, np.dtype(dtype))
+
+    def when_done(self, fn):
+        """A callable that waits for the work queued so far on the current stream, then
+        returns fn(): lets the host launch more work before it needs the results."""
+        done = cp.cuda.get_current_stream().record()
 
         def wait():
             done.synchronize()
-            return host.tolist()
+            return fn()
 
         return wait
 
@@ -430,22 +429,33 @@ class CudaBackend(Backend):
             raise TypeError(f"logits dtype {logits.dtype}: expected {self.dtype} or float32")
         return {}
 
-    def argmax(self, logits, out=None):
+    def argmax(self, logits, out=None, host_out=None, host_slot=None):
         """Greedy token per row: logits [B, V] (dtype or float32) -> [B] int32 (first max),
         written into out ([B] int32, e.g. a decode graph's next input ids) when given. One
-        launch: chunks of ARGMAX_CHUNK logits per block, the row's last block reduces."""
+        launch: chunks of ARGMAX_CHUNK logits per block, the row's last block reduces.
+        host_out: pinned host memory [2, B] int32 (cupyx.empty_pinned) that the kernel also
+        writes, at row host_slot[0] (a [1] int32 device array read at run time)."""
         _check("logits", logits, None, 2)
         b, v = logits.shape
         if out is None:
             out = cp.empty((b,), np.int32)
         elif out.shape != (b,) or out.dtype != np.int32 or not out.flags.c_contiguous:
             raise ValueError(f"argmax out must be a contiguous ({b},) int32 array")
+        host_ptr = np.uint64(0)
+        if host_out is not None:
+            if (host_out.shape != (2, b) or host_out.dtype != np.int32 or host_slot is None
+                    or host_slot.dtype != np.int32 or host_slot.size < 1):
+                raise ValueError(f"argmax host_out must be pinned (2, {b}) int32 with an int32 "
+                                 "host_slot")
+            # pinned memory is mapped at the same address on the device (unified addressing)
+            host_ptr = np.uint64(host_out.ctypes.data)
         num_chunks = cdiv(v, ARGMAX_CHUNK)
         part_val = cp.empty((b, num_chunks), np.float32)
         part_idx = cp.empty((b, num_chunks), np.int32)
         self._k("sampling.cu", "argmax_kernel", **self._logits_defines(logits))(
             (num_chunks, b), (256,), (logits, np.int32(v), np.int32(ARGMAX_CHUNK), part_val,
-                                      part_idx, self._argmax_counters(b), out))
+                                      part_idx, self._argmax_counters(b), out, host_ptr,
+                                      host_slot if host_slot is not None else out))
         return out
 
     def _argmax_counters(self, b: int):

@@ -27,9 +27,9 @@ TRACE = os.environ.get("RAWENGINE_MLP_TRACE", "0") == "1"  # tools/trace_mlp.py 
 
 
 def smem_bytes(H: int, mb: int, cols: int = COLS) -> int:
-    """mlp.cu's dynamic shared memory: gate/up rows, down columns, norm_w, staged x (its static
-    shared memory adds 4 * mb * (WARPS + 3 * cols) bytes)."""
-    return 6 * cols * H + 2 * H + 4 * mb * H
+    """mlp.cu's dynamic shared memory: gate/up rows, down columns, staged x (its static shared
+    memory adds 4 * mb * cols bytes)."""
+    return 6 * cols * H + 4 * mb * H
 
 
 def enabled() -> bool:
@@ -58,7 +58,7 @@ def norm_mlp(x, residual, norm_w, eps: float, w_gu, w_d, pool: FixedSumPool, *, 
             or norm_w.shape[0] != H or H % 8 or I % 8 or not _is_lowp(*arrays)
             or (residual is not None and residual.shape != x.shape)
             or any(not a.flags.c_contiguous or a.data.ptr % 16 for a in arrays)
-            or cols % 8 or smem_bytes(H, mb, cols) + 4 * mb * (WARPS + 3 * cols) > SMEM_MAX
+            or cols % 8 or cols % WARPS or smem_bytes(H, mb, cols) + 4 * mb * cols > SMEM_MAX
             or (not force and 3 * H * I * w_gu.itemsize > MAX_WEIGHT_BYTES)):
         return None
     r = x
