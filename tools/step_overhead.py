@@ -20,11 +20,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
     import cupy as cp
     import cupyx
+
+    from bench_prefill import timed
 
     from rawengine.engine import Engine, Sequence
     from rawengine.presets import preset_config
@@ -64,19 +67,7 @@ def main() -> None:
         "+ input copy + ids copy": lambda: (buf[bucket:].set(host), replay(), d2h_copy()),
     }
 
-    def timed(body, n=50, reps=7):
-        ts = []
-        for _ in range(reps):
-            s0, s1 = cp.cuda.Event(), cp.cuda.Event()
-            s0.record()
-            for _ in range(n):
-                body()
-            s1.record()
-            s1.synchronize()
-            ts.append(cp.cuda.get_elapsed_time(s0, s1) * 1e3 / n)
-        return float(np.median(ts))
-
-    res = {k: min(timed(f) for _ in range(2)) for k, f in variants.items()}
+    res = {k: min(timed(f, reps=50) for _ in range(2)) for k, f in variants.items()}
     e.kv.release(seq.block_table)
     half = a.context // 2
     p = SamplingParams(max_tokens=a.context, temperature=0.0, ignore_eos=True)
