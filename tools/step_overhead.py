@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main() -> None:
     import cupy as cp
     import cupyx
-
     from bench_prefill import timed
 
     from rawengine.engine import Engine, Sequence
