@@ -1,7 +1,9 @@
 // attn_o.cuh: the o_proj half of the fused decode attention + o_proj kernels (the O_PROJ builds
 // of decode_attention.cu and decode_attention_mma.cu; rawengine/backends/cuda/attention_o.py).
-// Include after decode_common.cuh with ROWS defined.
+// Include after decode_common.cuh. ROWS: o_proj rows per block (default 48).
 //
+//   ATTN_O_PARAMS    decode_attention_o_kernel's parameters: one list for both builds, which
+//                    share one launcher (attention_o.py)
 //   attn_o_load_wo   the block's Wo slice [ROWS][GD] -> shared memory (cp.async, one group;
 //                    before RE_PDL_WAIT: weights are constant during a step)
 //   attn_o_clear     zero `clear` [n_clear] int64 over the grid (after RE_PDL_WAIT)
@@ -14,6 +16,17 @@
 #ifndef AO_STAMP
 #define AO_STAMP(i)
 #endif
+
+#ifndef ROWS
+#define ROWS 48
+#endif
+#define ATTN_O_PARAMS                                                                         \
+    const dtype_t* __restrict__ q, const dtype_t* __restrict__ k_cache,                       \
+        const dtype_t* __restrict__ v_cache, const int* __restrict__ block_tables,            \
+        const int* __restrict__ seq_lens, const dtype_t* __restrict__ w_o,                    \
+        long long* __restrict__ acc, long long* __restrict__ clear, int n_clear,              \
+        int num_q_heads, int num_kv_heads, int max_blocks, int log2_bs, int hidden,           \
+        float scale_log2
 
 constexpr int GD = GROUP * HEAD_DIM;
 static_assert(GD % 8 == 0, "16-byte pieces");

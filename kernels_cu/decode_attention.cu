@@ -533,22 +533,13 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
 #if !BULK || IS_ASYNC
 #error "O_PROJ builds the synchronized BULK kernel"
 #endif
-#ifndef ROWS
-#define ROWS 48
-#endif
 #include "attn_o.cuh"
 constexpr int RING_OR_SMEM = BULK_RING_BYTES > (int)sizeof(BlockSmem) ? BULK_RING_BYTES
                                                                         : (int)sizeof(BlockSmem);
 static_assert(RING_OR_SMEM % 16 == 0, "16-byte aligned Wo slice");
 
 extern "C" __global__ void __launch_bounds__(NUM_THREADS, 1)
-decode_attention_o_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict__ k_cache,
-                          const dtype_t* __restrict__ v_cache,
-                          const int* __restrict__ block_tables, const int* __restrict__ seq_lens,
-                          const dtype_t* __restrict__ w_o, long long* __restrict__ acc,
-                          long long* __restrict__ clear, int n_clear, int num_q_heads,
-                          int num_kv_heads, int max_blocks, int log2_bs, int hidden,
-                          float scale_log2) {
+decode_attention_o_kernel(ATTN_O_PARAMS) {
     const int kv_head = blockIdx.y, b = blockIdx.z, n0 = blockIdx.x * ROWS;
     const int head0 = kv_head * GROUP;
     require_dynamic_smem(RING_OR_SMEM + ROWS * GD * 2);

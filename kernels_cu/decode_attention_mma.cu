@@ -367,20 +367,11 @@ decode_attention_mma_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
 // KV head, so each block does all of it, and the CUDA-core loop's ~70 instructions a token a
 // warp made that the longest phase of the kernel (docs/launch_notes.md, "Session 10").
 // Dynamic shared memory: SMEM_BYTES (rings, BlockSmem overlaying them), then the Wo slice.
-#ifndef ROWS
-#define ROWS 48
-#endif
 #include "attn_o.cuh"
 static_assert(SMEM_BYTES % 16 == 0, "16-byte aligned Wo slice");
 
 extern "C" __global__ void __launch_bounds__(NUM_THREADS, 1)
-decode_attention_o_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict__ k_cache,
-                          const dtype_t* __restrict__ v_cache,
-                          const int* __restrict__ block_tables, const int* __restrict__ seq_lens,
-                          const dtype_t* __restrict__ w_o, long long* __restrict__ acc,
-                          long long* __restrict__ clear, int n_clear, int num_q_heads,
-                          int num_kv_heads, int max_blocks, int log2_bs, int hidden,
-                          float scale_log2) {
+decode_attention_o_kernel(ATTN_O_PARAMS) {
     const int kv_head = blockIdx.y, b = blockIdx.z, n0 = blockIdx.x * ROWS;
     const int head0 = kv_head * GROUP;
     extern __shared__ __align__(16) unsigned char smem_raw[];

@@ -26,6 +26,7 @@ import cupy as cp  # noqa: E402
 from rawengine.backends.cuda import attention_o as ao  # noqa: E402
 from rawengine.backends.cuda import gemm, mlp  # noqa: E402
 from rawengine.backends.cuda.fixed_sum import FixedSum, FixedSumPool  # noqa: E402
+from test_mlp_fused import assert_pool_zero  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 EPS = 1e-5
@@ -141,9 +142,7 @@ def test_mlp_reads_fixed_x_like_dense(dtype):
 
     for got, want in zip(run(False), run(True)):
         np.testing.assert_array_equal(got, want)
-    for bufs in be._fixed._bufs.values():
-        for b in bufs:
-            assert b.state == "zero" and not cp.any(b.sums)
+    assert_pool_zero(be._fixed)
 
 
 def test_graph_replay_matches_eager():

@@ -29,6 +29,13 @@ rng = np.random.default_rng(23)
 EPS = 1e-5
 
 
+def assert_pool_zero(pool: FixedSumPool) -> None:
+    """Every buffer of the pool is marked zero and holds zeros (a step's end state)."""
+    for bufs in pool._bufs.values():
+        for b in bufs:
+            assert b.state == "zero" and not cp.any(b.sums)
+
+
 def mlp_case(M, H, I, dtype, has_res, down_scale=1.0):
     x, x64 = lowp(rng.standard_normal((M, H)), dtype)
     res, res64 = lowp(rng.standard_normal((M, H)), dtype) if has_res else (None, 0.0)
@@ -128,9 +135,7 @@ def test_readers_match_dense(M, dtype):
     for got, want in zip(run(False), run(True)):
         np.testing.assert_array_equal(got, want)
     # every buffer is zero again: the second norm_mlp cleared the first, rmsnorm the second
-    for bufs in be._fixed._bufs.values():
-        for b in bufs:
-            assert b.state == "zero" and not cp.any(b.sums)
+    assert_pool_zero(be._fixed)
 
 
 def test_stale_handle_raises():
