@@ -25,6 +25,16 @@ def test_paired_timings_never_win_and_only_gemv_carries_them():
     assert c == {"impl": "cublas", "params": {}, "fallback": {"impl": "flat", "params": FLAT}}
 
 
+def test_own_kernel_needs_a_margin_over_cublas():
+    """A win inside CUBLAS_MARGIN goes to cuBLAS (own kernel kept as the fallback)."""
+    close = 45.0 * (1 - tune.CUBLAS_MARGIN / 2)
+    assert tune.pick([(close, "flat", FLAT), (45.0, "cublas", {}), (46.0, "gemv", G1)]) == {
+        "impl": "cublas", "params": {}, "fallback": {"impl": "flat", "params": FLAT}}
+    clear = 45.0 * (1 - 2 * tune.CUBLAS_MARGIN)
+    assert tune.pick([(clear, "flat", FLAT), (45.0, "cublas", {})]) == {
+        "impl": "flat", "params": FLAT}
+
+
 def test_paired_candidates_have_even_rows_and_include_odd_plus_one():
     cands = tune.paired_candidates()
     assert all(c["rows"] % 2 == 0 for c in cands)
