@@ -1,0 +1,57 @@
+// kv_read_floor.cu: a diagnostic, not an op. Streams every K and V byte of a paged decode step
+// once, with no compute, so tools/read_floor.py can measure the bandwidth floor a page layout
+// allows any decode-attention kernel (session 13: at B8 32/8 with shuffled 16-token pages the
+// floor is ~3.04 TB/s, below torch's contiguous 3.1 TB/s; docs/decode_attention_notes.md).
+//
+//   k/v_cache    [NB, Hkv, BS, D] 2-byte elements (HEAD_MAJOR 0, the engine's layout) or
+//                [Hkv, NB, BS, D] (HEAD_MAJOR 1: in-order pages give each head one contiguous run)
+//   block_tables [B, pages_per_seq] int32, page ids < NB
+//   out          [gridDim.x * gridDim.y * gridDim.z * 256] uint32: an XOR of the data read (keeps
+//                the loads alive; its value means nothing)
+//
+// Grid (S, Hkv, B), 256 threads: block (split, h, b) reads pages [split * per, +per) of
+// sequence b's table, head h; per = cdiv(pages_per_seq, S). One page run of K (and of V) is
+// RUN = BS * D * 2 / 16 uint4; the threads cover it with 16-byte loads, UNROLL pages of K and V
+// issued before any is used. Defines: RUN (uint4 per page run), UNROLL, HEAD_MAJOR.
+// tools/read_floor.py launches it plainly (no programmatic launch), so calls never overlap; the
+// PDL wait/trigger pair keeps the project's launch contract for any other caller.
+#include "common.cuh"
+
+#ifndef RUN
+#define RUN 256
+#endif
+#ifndef UNROLL
+#define UNROLL 4
+#endif
+#ifndef HEAD_MAJOR
+#define HEAD_MAJOR 0
+#endif
+
+extern "C" __global__ void __launch_bounds__(256)
+kv_read_floor_kernel(const uint4* __restrict__ k_cache, const uint4* __restrict__ v_cache,
+                     const int* __restrict__ block_tables, int pages_per_seq, int num_blocks,
+                     int num_kv_heads, unsigned* __restrict__ out) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
+    const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int per = (pages_per_seq + gridDim.x - 1) / gridDim.x;
+    const int p0 = split * per, p1 = min(pages_per_seq, p0 + per);
+    unsigned acc = 0;
+    for (int p = p0; p < p1; p += UNROLL) {
+        for (int i = threadIdx.x; i < RUN; i += 256) {
+            uint4 kr[UNROLL], vr[UNROLL];
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const int page = block_tables[(size_t)b * pages_per_seq + min(p + u, p1 - 1)];
+                const size_t run = HEAD_MAJOR ? (size_t)h * num_blocks + page
+                                              : (size_t)page * num_kv_heads + h;
+                kr[u] = __ldg(k_cache + run * RUN + i);
+                vr[u] = __ldg(v_cache + run * RUN + i);
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) acc ^= kr[u].x ^ kr[u].w ^ vr[u].y ^ vr[u].z;
+        }
+    }
+    const size_t blk = ((size_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    out[blk * 256 + threadIdx.x] = acc;
+}

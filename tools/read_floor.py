@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""The bandwidth floor a paged K/V layout allows decode attention (GPU machine).
+
+    PYTHONPATH=. python3 tools/read_floor.py [--case B:HQ:HKV:L] [--page-size 16] [--torch]
+
+Streams every K and V byte of one decode step with a kernel that computes nothing
+(kernels_cu/kv_read_floor.cu), for shuffled pages (the grid of tools/bench_attention.py) and
+in-order pages (what a freshly prefilled batch gets), page-major (the engine's [NB, Hkv, BS, D])
+and head-major layouts, over split counts and unrolls; then the default decode attention and the
+bulk kernel at S = 4 on both page orders, and with --torch torch SDPA flash on contiguous K/V,
+all in one process, graph replays as in the grid. If the best pure read is slower than torch,
+no attention kernel on that layout can match torch at that shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cupy as cp  # noqa: E402
+import numpy as np  # noqa: E402
+from bench_attention import (D, Paged, calls_for, copy_bandwidth, kv_bytes,  # noqa: E402
+                             time_cupy, torch_case)
+
+from rawengine.backends.cuda.module import module  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", default="8:32:8:65536", help="B:HQ:HKV:L")
+    ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument("--torch", action="store_true")
+    a = ap.parse_args()
+    b, hq, hkv, length = (int(v) for v in a.case.split(":"))
+    nbytes = kv_bytes(b, hkv, length)
+    bw = copy_bandwidth()
+    t_torch = torch_case(b, hq, hkv, length) if a.torch else None
+    p = Paged(b, hq, hkv, length, bs=a.page_size)
+    pages = p.tables.shape[1]
+    tables = {"shuffled": p.tables,
+              "in-order": cp.arange(p.tables.size, dtype=cp.int32).reshape(p.tables.shape)}
+    out = cp.empty(b * hkv * 64 * 256, cp.uint32)
+    run = a.page_size * D * 2 // 16
+    n = calls_for(nbytes)
+    print(f"copy {bw / 1e9:.0f} GB/s; B{b} {hq}/{hkv} L{length} page {a.page_size}: "
+          f"K+V {nbytes / 1e9:.2f} GB", flush=True)
+    if t_torch:
+        print(f"torch SDPA flash (contiguous K/V)   {t_torch:8.1f} us "
+              f"{nbytes / t_torch / 1e3:6.0f} GB/s", flush=True)
+    best = {}
+    for head_major in (0, 1):
+        for unroll in (2, 4, 8):
+            # a plain launch (no programmatic launch: calls never overlap)
+            fn = module("kv_read_floor.cu", {"RUN": run, "UNROLL": unroll,
+                                             "HEAD_MAJOR": head_major}).get_function(
+                                                 "kv_read_floor_kernel")
+            for order, tab in tables.items():
+                for s in (2, 4, 8, 16):
+                    args = (p.k, p.v, tab, np.int32(pages), np.int32(p.k.shape[0]),
+                            np.int32(hkv), out)
+                    us = time_cupy(lambda: fn((s, hkv, b), (256,), args), n)
+                    key = (order, "head-major" if head_major else "page-major")
+                    best[key] = min(best.get(key, (1e30,)), (us, unroll, s))
+    for (order, layout), (us, unroll, s) in sorted(best.items()):
+        print(f"read floor {order:8s} {layout:10s}  {us:8.1f} us {nbytes / us / 1e3:6.0f} GB/s "
+              f"({100 * nbytes / us / 1e-6 / bw:5.1f}% copy; UNROLL {unroll}, S {s})", flush=True)
+    for order, tab in tables.items():
+        p.tables = tab
+        for name, kw in (("default", {}), ("bulk S4", dict(config={"impl": "bulk"}, num_splits=4))):
+            try:
+                us = time_cupy(p.fn("sync", **kw), n)
+            except ValueError as e:  # bulk needs sm_90 and a GQA group of 2-4
+                print(f"attention {order:8s} {name:8s} skipped: {e}")
+                continue
+            print(f"attention {order:8s} {name:8s}         {us:8.1f} us "
+                  f"{nbytes / us / 1e3:6.0f} GB/s", flush=True)
+    p.free()
+
+
+if __name__ == "__main__":
+    main()
