@@ -24,6 +24,7 @@ import cupy as cp
 import numpy as np
 
 from rawengine.backends.cuda import attention as attn
+from rawengine.backends.cuda.attention_plan import tokens_per_step
 
 SHAPES = ((32, 8, 128), (9, 3, 64))  # Llama-3-8B, SmolLM2-135M
 CAPACITY, BS, NL, REPLAYS = 8192, 16, 96, 7
@@ -104,7 +105,7 @@ def time_shape(hq, hkv, d, b, stream, log, min_chunks):
     s = attn.plan_decode(b, hkv, CAPACITY, attn.num_sms(), group=hq // hkv, head_dim=d)
     ws = attn.get_workspace(b, hq, hkv, d, s)
     cfg = attn.kernel_config(d, attn.head_group(hq, hkv), 2 * b * hkv * CAPACITY * d * 2)
-    step = attn.tokens_per_step(d, cfg)
+    step = tokens_per_step(d, cfg)
     cp.cuda.Device().synchronize()
     for variant in ("async", "sync"):
         phi = 0.0 if variant == "async" else None

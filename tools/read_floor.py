@@ -21,12 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cupy as cp  # noqa: E402
-import numpy as np  # noqa: E402
-from bench_attention import (D, Paged, calls_for, copy_bandwidth, kv_bytes,  # noqa: E402
-                             time_cupy, torch_case)
+import cupy as cp
+import numpy as np
+from bench_attention import D, Paged, calls_for, copy_bandwidth, kv_bytes, time_cupy, torch_case
 
-from rawengine.backends.cuda.module import module  # noqa: E402
+from rawengine.backends.cuda.module import module
 
 
 def main() -> None:
@@ -62,7 +61,7 @@ def main() -> None:
                 for s in (2, 4, 8, 16):
                     args = (p.k, p.v, tab, np.int32(pages), np.int32(p.k.shape[0]),
                             np.int32(hkv), out)
-                    us = time_cupy(lambda: fn((s, hkv, b), (256,), args), n)
+                    us = time_cupy(lambda fn=fn, s=s, args=args: fn((s, hkv, b), (256,), args), n)
                     key = (order, "head-major" if head_major else "page-major")
                     best[key] = min(best.get(key, (1e30,)), (us, unroll, s))
     for (order, layout), (us, unroll, s) in sorted(best.items()):

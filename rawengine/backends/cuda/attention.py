@@ -29,9 +29,9 @@ import functools
 import cupy as cp
 import numpy as np
 
-# planning (no CuPy); tokens_per_step is re-exported for tools
+# planning (no CuPy)
 from .attention_plan import (TUNING, _check_bulk_config, _check_mma_config, _config_tuple,
-                             head_group, kernel_config, plan_decode, tokens_per_step)  # noqa: F401
+                             head_group, kernel_config, plan_decode)
 from .module import kernel
 
 LOG2E = 1.4426950408889634
