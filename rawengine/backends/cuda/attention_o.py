@@ -19,6 +19,7 @@ import os
 import cupy as cp
 
 from .attention import LOG2E, compute_capability, num_sms
+from .attention_plan import bulk_smem_bytes, mma_smem_bytes
 from .fixed_sum import FixedSumPool
 from .gemm import SMEM_MAX, _dtype_flag, _is_lowp, _kernel, _set_smem, cdiv
 
@@ -63,12 +64,12 @@ def smem_bytes(head_dim: int, group: int, rows: int | None = None,
     """Dynamic shared memory: the K/V rings (or the BlockSmem overlaying them, if larger),
     then the Wo slice [rows][group * head_dim]."""
     warps, unroll, stages, rows = _shape(rows, stages)
-    if _impl() == "mma":  # 16-token tiles, row stride D + 8 (decode_attention_mma.cu)
-        ring = warps * stages * 2 * 16 * (head_dim + 8) * 2
+    if _impl() == "mma":  # 16-token tiles
+        attn = mma_smem_bytes(head_dim, group, dict(num_warps=warps, tile=16, stages=stages))
     else:
-        ring = warps * stages * 2 * (32 // (head_dim // 8) * unroll) * head_dim * 2
-    block = -(-warps * group * (head_dim + 3) * 4 // 16) * 16
-    return max(ring, block) + rows * group * head_dim * 2
+        attn = bulk_smem_bytes(head_dim, group,
+                               dict(num_warps=warps, unroll=unroll, stages=stages))
+    return attn + rows * group * head_dim * 2
 
 
 def _fit_stages(head_dim: int, group: int, rows: int | None, stages: int | None) -> int:
