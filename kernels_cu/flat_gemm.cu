@@ -37,13 +37,17 @@
 //       Defines: FN (m16 fragments per warp), FM (n8 fragments: BM = 8 * FM), WARPS_N,
 //       WARPS_K (warps of a block splitting K, reduced in shared memory), UNROLL (32-wide k
 //       blocks per lane per iteration).
+//   flat_stream_kernel (DIRECT = 2)  w read like gemv.cu, in runs of WARPS_K * KT * 2 contiguous
+//       bytes per row, then registers -> per-warp shared tile -> ldmatrix -> mma; x staged in
+//       shared memory once per block. Defines: KT (k per warp tile: 64/128/256), FN, FM,
+//       WARPS_N, WARPS_K (warps reading consecutive KT pieces of the same rows). See below.
 //
 // Variants / when each wins (H100 tuning of 24 decode shapes, docs/flat_gemm_notes.md):
-//   0. flat_direct_kernel: M = 3..8 on most shapes (M <= 16 on wide ones: gate_up, small K),
-//      best with many warps per block and few loads per warp (WARPS_K 8-16, UNROLL 1-2).
-//   1. flat_gemm_kernel, BM = 16..32, BK = 128, WARPS_N = 2, WARPS_K = 4: M = 8..32 on
-//      qkv / o / down / lm_head.
-//   2. M >= 64: cuBLAS (outside graph capture); this file's kernels are the capture fallback.
+//   0. flat_stream_kernel, KT 128 x WARPS_K 8-16 (2-4 KB row runs): M = 2..16 on most shapes
+//      (session 14: at the GEMV's M = 1 rate up to M = 8), except the long-K down products.
+//   1. flat_direct_kernel / flat_gemm_kernel (BM = 16..32, BK = 128, WARPS_N = 2, WARPS_K =
+//      4): a few M = 8..32 cells, and the capture fallbacks of cuBLAS entries.
+//   2. M >= 16-64: cuBLAS (graph-capturable through ctypes).
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -60,7 +64,10 @@
 #define UNROLL 4
 #endif
 #ifndef DIRECT
-#define DIRECT 0  // 1: build flat_direct_kernel only, 0: flat_gemm_kernel only
+#define DIRECT 0  // 1: build flat_direct_kernel only (2: flat_stream_kernel), 0: flat_gemm_kernel
+#endif
+#ifndef KT
+#define KT 128  // flat_stream_kernel: k per warp tile (16 * FN rows x KT, one LDG per 16 bytes)
 #endif
 #ifndef FN
 #define FN 1
@@ -109,7 +116,7 @@ __device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias, c
 // let the last split block of the tile reduce all partials and store y (its counter is reset
 // so graph replays work). Shared by both kernels.
 __device__ __forceinline__ void store_tile(const float (&acc)[FN][FM][4], float* cs,
-                                          unsigned& s_is_last, int tid, int wn, int wk, int g,
+                                          unsigned& s_is_last, int tile, int tid, int wn, int wk, int g,
                                           int t, int m0, int n0, int M, int N, int split, int s,
                                           const T* __restrict__ bias, const T* res, T* y,
                                           float* __restrict__ ws,
@@ -141,7 +148,6 @@ __device__ __forceinline__ void store_tile(const float (&acc)[FN][FM][4], float*
 
     __threadfence();
     __syncthreads();
-    const int tile = blockIdx.z * gridDim.x + blockIdx.x;
     if (tid == 0) s_is_last = atomicAdd(&counters[tile], 1u) == (unsigned)(split - 1);
     __syncthreads();
     if (!s_is_last) return;
@@ -156,7 +162,7 @@ __device__ __forceinline__ void store_tile(const float (&acc)[FN][FM][4], float*
     if (tid == 0) counters[tile] = 0u;
 }
 
-#if !DIRECT
+#if DIRECT == 0
 extern "C" __global__ void __launch_bounds__(NT)
 flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                  const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
@@ -248,13 +254,13 @@ flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __re
 
     float* cs = reinterpret_cast<float*>(smem_raw);
     const int g = lane >> 2, t = lane & 3;
-    store_tile(acc, cs, s_is_last, tid, wn, wk, g, t, m0, n0, M, N, split, s, bias, res, y, ws,
-               counters);
+    store_tile(acc, cs, s_is_last, blockIdx.z * gridDim.x + blockIdx.x, tid, wn, wk, g, t, m0, n0,
+               M, N, split, s, bias, res, y, ws, counters);
 }
 
-#endif  // !DIRECT
+#endif  // DIRECT == 0
 
-#if DIRECT
+#if DIRECT == 1
 extern "C" __global__ void __launch_bounds__(NT)
 flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                    const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
@@ -340,7 +346,122 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
                 }
     }
 
-    store_tile(acc, cs, s_is_last, tid, wn, wk, g, t, m0, n0, M, N, split, s, bias, res, y, ws,
-               counters);
+    store_tile(acc, cs, s_is_last, blockIdx.z * gridDim.x + blockIdx.x, tid, wn, wk, g, t, m0, n0,
+               M, N, split, s, bias, res, y, ws, counters);
 }
-#endif  // DIRECT
+#endif  // DIRECT == 1
+
+#if DIRECT == 2
+// flat_stream_kernel: w streamed in whole row runs like gemv.cu, then through a warp-private
+// shared-memory tile to ldmatrix fragments, so the tensor cores do the FMAs.
+//   Row groups of BN rows: block x handles groups x, x + gridDim.x, ... (gridDim.x may be
+//   smaller than cdiv(N, BN): the x slice, staged once per block, is then reused over several
+//   groups instead of re-read from L2 per group; the next group's first tile is requested
+//   before the current one's store).
+//   Warp (wn, wk) owns rows [16 * FN * wn, +16 * FN) of the group and the k tiles wk,
+//   wk + WARPS_K, ... of the block's K slice: at any moment the WARPS_K warps of a row group
+//   read WARPS_K * KT * 2 contiguous bytes of each of their rows (DRAM serves such runs faster
+//   than scattered 512-byte pieces: docs/flat_gemm_notes.md, session 14).
+//   The loop has only __syncwarp: tile i + 1 is loaded into registers while tile i goes
+//   registers -> shared -> ldmatrix -> mma. Tiles: [16 * FN, KT], 16-byte chunks XOR-swizzled
+//   by (row & 7); the x slice [BM, k_chunk] likewise by (m & 7).
+// Dynamic shared memory: x slice BM * k_chunk * 2 B, then one tile of 16 * FN * KT * 2 B per warp.
+#define LPR (KT / 8)         // lanes per w row in one load instruction
+#define RPI (32 / LPR)       // rows per load instruction
+#define NLD (16 * FN / RPI)  // load instructions (16-byte registers) per tile
+__device__ __forceinline__ int swz_kt(int row, int ch) { return row * KT + ((ch ^ (row & 7)) << 3); }
+
+extern "C" __global__ void __launch_bounds__(NT)
+flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                   const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
+                   int M, int N, int K, int k_chunk) {
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    __shared__ float cs[WARPS_K * BM * (BN + CPAD)];
+    __shared__ unsigned s_is_last;
+    T* xs = reinterpret_cast<T*>(smem_raw);  // [BM, k_chunk]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wn = warp % WARPS_N, wk = warp / WARPS_N;
+    T* wt = xs + BM * k_chunk + warp * 16 * FN * KT;
+    const int m0 = blockIdx.z * BM, n_groups = (N + BN - 1) / BN;
+    const int split = gridDim.y, s = blockIdx.y;
+    const int k_begin = s * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+    const int num_tiles = k_end > k_begin ? (k_end - k_begin + KT - 1) / KT : 0;
+
+    // lane's piece of load instruction i: row i * RPI + lane / LPR of the warp's 16 * FN rows,
+    // 16-byte chunk lane % LPR; rows past N are not read (store_tile drops their outputs)
+    const int lrow = lane / LPR, lch = lane % LPR;
+    const size_t row_step = (size_t)RPI * K;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    auto load = [&](uint4 (&buf)[NLD], int group, int tile) {
+        const int r0 = group * BN + wn * 16 * FN + lrow;
+        const T* wp = w + (size_t)min(r0, N - 1) * K + k_begin + tile * KT + 8 * lch;
+        const bool ok = k_begin + tile * KT + 8 * lch < k_end;
+#pragma unroll
+        for (int i = 0; i < NLD; ++i)
+            buf[i] = ok && r0 + i * RPI < N ? ld_stream16(wp + i * row_step) : zero;
+    };
+    float acc[FN][FM][4];
+    auto compute = [&](const uint4 (&buf)[NLD], int tile) {
+#pragma unroll
+        for (int i = 0; i < NLD; ++i)
+            *reinterpret_cast<uint4*>(wt + swz_kt(i * RPI + lrow, lch)) = buf[i];
+        __syncwarp();
+        const int xc0 = tile * (KT / 8);  // first x chunk of the tile
+#pragma unroll
+        for (int kk = 0; kk < KT / 16; ++kk) {
+            unsigned a[FN][4];
+#pragma unroll
+            for (int fn = 0; fn < FN; ++fn)
+                ldmatrix_x4(a[fn], wt + swz_kt(fn * 16 + (lane & 15), 2 * kk + (lane >> 4)));
+#pragma unroll
+            for (int fm = 0; fm < FM; ++fm) {
+                unsigned b[2];
+                const int m = fm * 8 + (lane & 7), ch = xc0 + 2 * kk + ((lane >> 3) & 1);
+                ldmatrix_x2(b, xs + (size_t)m * k_chunk + ((ch ^ (m & 7)) << 3));
+#pragma unroll
+                for (int fn = 0; fn < FN; ++fn) mma16816(acc[fn][fm], a[fn], b);
+            }
+        }
+        __syncwarp();  // the tile is overwritten by the next store
+    };
+
+    // w is constant during a step: the first tile is requested before RE_PDL_WAIT
+    uint4 b0[NLD], b1[NLD];
+    int group = blockIdx.x;
+    if (wk < num_tiles) load(b0, group, wk);
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
+    const int x_chunks = k_chunk / 8;
+    for (int c = tid; c < BM * x_chunks; c += NT) {
+        const int m = c / x_chunks, ch = c % x_chunks, k = k_begin + 8 * ch;
+        const bool ok = m0 + m < M && k < k_end;
+        const uint4 v = ok ? __ldg(reinterpret_cast<const uint4*>(x + (size_t)(m0 + m) * K + k))
+                           : zero;
+        *reinterpret_cast<uint4*>(xs + (size_t)m * k_chunk + ((ch ^ (m & 7)) << 3)) = v;
+    }
+    __syncthreads();
+    const int g = lane >> 2, t = lane & 3;
+    for (; group < n_groups; group += gridDim.x) {
+#pragma unroll
+        for (int i = 0; i < FN; ++i)
+#pragma unroll
+            for (int j = 0; j < FM; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+        for (int tile = wk; tile < num_tiles; tile += 2 * WARPS_K) {
+            const int t1 = tile + WARPS_K;
+            if (t1 < num_tiles) load(b1, group, t1);
+            compute(b0, tile);
+            if (t1 >= num_tiles) break;
+            if (t1 + WARPS_K < num_tiles) load(b0, group, t1 + WARPS_K);
+            compute(b1, t1);
+        }
+        const int next = group + gridDim.x;
+        if (next < n_groups && wk < num_tiles) load(b0, next, wk);  // in flight during the store
+        store_tile(acc, cs, s_is_last, blockIdx.z * n_groups + group, tid, wn, wk, g, t, m0,
+                   group * BN, M, N, split, s, bias, res, y, ws, counters);
+        if (next < n_groups) __syncthreads();  // cs and s_is_last are reused by the next group
+    }
+}
+#endif  // DIRECT == 2

@@ -71,6 +71,20 @@ FLAT_SMEM_CONFIGS = [
     dict(kernel="smem", fn=2, warps_n=4, warps_k=1, bk=128, stages=3),
     dict(kernel="smem", fn=1, warps_n=2, warps_k=4, bk=128, stages=4),
 ]
+# flat_stream_kernel (session 14): w in 2-4 KB row runs (kt * warps_k * 2 bytes) through
+# per-warp shared tiles. The winners of a 36-config sweep over the 8 Llama-2/3 shapes, M <= 16.
+# Not candidates: persist = 1 (one block per SM looping over row groups, x staged once per SM).
+# It won M = 8-16 in isolation by up to 8%, but a block needs a whole SM (512 threads x 128
+# registers) and its share of the rows is fixed, so in a real step, where the neighbouring
+# kernels overlap it under programmatic launch, it lost: Llama-3-8B batch 4 / 8 decode 168.5 /
+# 167.3 -> 160.0 / 159.0 tok/s per sequence, against 173.6 / 166.7 without it (H100).
+FLAT_STREAM_CONFIGS = [
+    dict(kernel="stream", kt=128, fn=1, warps_n=1, warps_k=16, split=1),
+    dict(kernel="stream", kt=128, fn=1, warps_n=2, warps_k=8, split=1),
+    dict(kernel="stream", kt=64, fn=2, warps_n=1, warps_k=8, split=4),
+    dict(kernel="stream", kt=128, fn=2, warps_n=1, warps_k=4, split=4),
+]
+STREAM_MAX_M = 16  # x slices of larger M leave too little shared memory (and cuBLAS wins)
 L2_ROTATE_BYTES = 160 << 20  # rotate weights over >= this many bytes (> 3x the H100 L2)
 
 
@@ -202,6 +216,9 @@ def candidates(M: int, max_m_own: int) -> list[tuple[str, dict]]:
         bm = next(b for b in (8, 16, 32, 64) if b >= M)
         out += [("flat", dict(c, bm=bm)) for c in FLAT_DIRECT_CONFIGS
                 if bm <= 16 or c["fn"] * c["unroll"] <= 4]
+    if M <= STREAM_MAX_M:
+        bm = 8 if M <= 8 else 16
+        out += [("flat", dict(c, bm=bm)) for c in FLAT_STREAM_CONFIGS]
     if 8 <= M <= max_m_own:
         bm = next((b for b in (16, 32, 64, 128) if b >= M), 128)
         out += [("flat", dict(c, bm=bm)) for c in FLAT_SMEM_CONFIGS]

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. PYTHONUNBUFFERED=1 python tools/bench_gemm.py [--quick] [--json out.json]
 
-Ours (gemv, flat, dispatched): CUDA-graph replays, weights rotated over >= 160 MB of copies.
+Ours (gemv, flat direct / smem / stream, dispatched): CUDA-graph replays, weights rotated over >= 160 MB of copies.
 cuBLAS from CuPy's process: column 'cublG', cublasGemmEx through ctypes
 (rawengine/backends/cuda/cublas.py) as CUDA-graph replays; where that path cannot load,
 column 'cupyE', cupy.matmul back-to-back eager calls (CuPy cannot capture cuBLAS). And torch
@@ -96,6 +96,9 @@ def bench_shape(name, N, K, ms, rows):
         r["direct"] = t_ours("flat", d_params if dk == "direct" else {"kernel": "direct"}) \
             if M <= 64 else None
         r["smem"] = t_ours("flat", d_params if dk == "smem" else {"kernel": "smem"})
+        r["stream"] = t_ours("flat", d_params if dk == "stream" else dict(
+            tune.FLAT_STREAM_CONFIGS[0], bm=8 if M <= 8 else 16)) \
+            if M <= tune.STREAM_MAX_M or dk == "stream" else None
         if tune.cublas_capturable():
             r["cublas"] = t_ours("cublas", {})
         else:
@@ -122,8 +125,9 @@ def fmt(r, copy_gbs=None):
     pct = f"{100 * gbs / copy_gbs:5.1f}" if copy_gbs else "  -  "
     impl = r["dispatch"]
     if impl == "flat":
-        impl += "." + r["params"].get("kernel", "direct")[:1]
+        impl += "." + r["params"].get("kernel", "direct")[:2]
     return (f"{r['shape']:11s} {r['M']:4d} {_c(r['gemv'])} {_c(r['direct'])} {_c(r['smem'])} "
+            f"{_c(r.get('stream'))} "
             f"{r['disp']:7.1f} {impl:7s} {r['cublas']:7.1f} {r['torch_graph']:7.1f} {gbs:6.0f} "
             f"{pct} "
             f"{r['torch_graph'] / r['disp']:5.2f} {r['cublas'] / r['disp']:5.2f}")
@@ -135,7 +139,7 @@ def cublas_label() -> str:
 
 
 def header() -> str:
-    return ("shape          M    gemv  direct    smem    disp  impl    "
+    return ("shape          M    gemv  direct    smem  stream    disp  impl    "
             f"{cublas_label():>7s}  torchG   GB/s %copy vsTG  vsCB")
 
 

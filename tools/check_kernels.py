@@ -131,6 +131,33 @@ def gemv_variants() -> list[tuple[str, dict]]:
 
 
 VARIANTS += gemv_variants()
+
+
+def flat_variants() -> list[tuple[str, dict]]:
+    """The flat GEMM's three kernels (gemm.flat): the smem build and a direct build with their
+    defaults, and every stream config of the shipped table at the BM it serves (8 or 16), with
+    one bias + residual bf16 build."""
+    table = json.loads((ROOT / "rawengine" / "tuning" / "NVIDIA_H100_80GB_HBM3.json").read_text())
+    cfgs = set()
+    for entries in table["shapes"].values():
+        for e in entries:
+            for c in (e, e.get("fallback")):
+                p = (c or {}).get("params", {})
+                if c and c["impl"] == "flat" and p.get("kernel") == "stream":
+                    cfgs.add((p["bm"] // 8, p.get("fn", 1), p.get("warps_n", 8),
+                              p.get("warps_k", 1), p.get("kt", 128)))
+    out = [("flat_gemm.cu", {"DIRECT": 0, "FM": 2, "FN": 1, "WARPS_N": 2, "WARPS_K": 4,
+                             "BK": 128, "STAGES": 4}),
+           ("flat_gemm.cu", {"DIRECT": 1, "FM": 1, "FN": 2, "WARPS_N": 1, "WARPS_K": 8,
+                             "UNROLL": 2})]
+    out += [("flat_gemm.cu", {"DIRECT": 2, "FM": fm, "FN": fn, "WARPS_N": wn, "WARPS_K": wk,
+                              "KT": kt}) for fm, fn, wn, wk, kt in sorted(cfgs)]
+    out.append(("flat_gemm.cu", {"DIRECT": 2, "FM": 1, "FN": 1, "WARPS_N": 1, "WARPS_K": 16,
+                                 "KT": 128, "HAS_BIAS": 1, "HAS_RES": 1, "DTYPE_BF16": 1}))
+    return out
+
+
+VARIANTS += flat_variants()
 # the fused decode MLP and the readers of its fixed sums (mlp.py, fixed_sum.py)
 VARIANTS += [
     ("mlp.cu", {"HIDDEN": 576, "MB": 1, "C": 8, "WARPS": 8, "HAS_RES": 1, "FIXED_REPLICAS": 1}),

@@ -93,6 +93,14 @@ FLAT_CFGS = [
     dict(kernel="direct", split=1),
     dict(kernel="direct", fn=2, warps_n=2, warps_k=2, unroll=2, split=3),
     dict(kernel="direct", bm=64, warps_n=4, warps_k=1, unroll=1),
+    # w streamed in row runs through per-warp shared tiles: K tails (K = 136: kt = 128 leaves
+    # one 16-byte chunk), split-K, bm > M, two row fragments, and blocks looping over several
+    # row groups (grid < groups), with and without split-K
+    dict(kernel="stream"),
+    dict(kernel="stream", kt=64, bm=16, warps_n=2, warps_k=4, split=3),
+    dict(kernel="stream", kt=128, warps_n=1, warps_k=8, split=1, grid=5),
+    dict(kernel="stream", kt=128, fn=2, warps_n=2, warps_k=2, split=2, grid=3),
+    dict(kernel="stream", kt=256, warps_n=1, warps_k=4, persist=1),
     dict(kernel="smem"),
     dict(kernel="smem", bm=8, split=1),
     dict(kernel="smem", bm=16, fn=2, warps_n=2, warps_k=2, bk=128, stages=3, split=2),
@@ -121,15 +129,15 @@ def test_flat(M, N, K, cfg):
     check(y, ref, "fp16")
 
 
-@pytest.mark.parametrize("impl", ["gemv", "flat", "flat_smem", "cublas"])
+@pytest.mark.parametrize("impl", ["gemv", "flat", "flat_smem", "flat_stream", "cublas"])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 @pytest.mark.parametrize("M", [1, 5, 13])
 def test_epilogues(impl, dtype, M):
     N, K = 392, 520
     x, w, b, r, ref = make(M, N, K, dtype, bias=True, res=True)
     y = poisoned((M, N), dtype)
-    params = {"kernel": "smem"} if impl == "flat_smem" else {}
-    impl = "flat" if impl == "flat_smem" else impl
+    params = {"kernel": impl[5:]} if impl.startswith("flat_") else {}
+    impl = "flat" if impl.startswith("flat_") else impl
     gemm.run_impl(impl, x, w, y, b, r, **params)  # cublas + bias + residual: our kernels
     check(y, ref, dtype)
     # in-place residual: out is the residual

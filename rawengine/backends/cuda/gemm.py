@@ -420,51 +420,81 @@ def _set_smem(kern, smem: int) -> None:
 
 def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int = 0, fn: int = 0,
          warps_n: int = 0, warps_k: int = 0, bk: int = 128, stages: int = 4, unroll: int = 0,
-         split: int = 0) -> None:
+         split: int = 0, kt: int = 128, persist: int = 0, grid: int = 0) -> None:
     """y = x @ w.T (+ bias) (+ residual) on tensor cores (mma.m16n8k16); needs K % 8 == 0.
 
     kernel 'direct': w fragments loaded straight from global memory (decode M);
+    kernel 'stream': w streamed in row runs of kt * warps_k * 2 bytes through per-warp shared
+    tiles, x staged once per block; persist > 0: persist * SMs blocks loop over the row groups
+    (grid > 0 caps the blocks, for tests); split is raised until x fits in shared memory;
     kernel 'smem': cp.async shared-memory pipeline (bk, stages).
     bm = 0: smallest of 8/16/32/64 covering M; 0 for warps/unroll/split: picked from the shape."""
     M, K = x.shape
     N = w.shape[0]
-    direct = kernel == "direct"
+    direct, stream = kernel == "direct", kernel == "stream"
     if bm <= 0:
         bm = next((b for b in (8, 16, 32, 64) if b >= M), 64)
     # defaults: the configs with the smallest geomean loss over the H100 tuning runs
     fn = fn or (2 if direct else 1)
-    warps_n = warps_n or (1 if direct else 2)
-    warps_k = warps_k or ((8 if bm <= 32 else 4) if direct else 4)
+    warps_n = warps_n or (1 if direct else 8 if stream else 2)
+    warps_k = warps_k or ((8 if bm <= 32 else 4) if direct else 1 if stream else 4)
     unroll = unroll or 2
     bn = 16 * fn * warps_n
     n_tiles, m_groups = cdiv(N, bn), cdiv(M, bm)
-    step = 32 * unroll * warps_k if direct else bk
+    step = 32 * unroll * warps_k if direct else kt * warps_k if stream else bk
     k_steps = cdiv(K, step)
     if split <= 0:
         target = (4 if direct else 2) * num_sms()
         split = max(1, min(cdiv(target, n_tiles * m_groups), k_steps // 2))
     split = min(split, k_steps)
+    if stream:  # the x slice, the w tiles and the static C tile must fit
+        fixed = 16 * fn * kt * 2 * warps_n * warps_k + warps_k * bm * (bn + 4) * 4
+        while split < k_steps and bm * cdiv(k_steps, split) * step * 2 + fixed > SMEM_MAX:
+            split += 1
     k_chunk = cdiv(k_steps, split) * step
     split = cdiv(K, k_chunk)
     ws, cnt = _scratch.get(split * M * N if split > 1 else 0, n_tiles * m_groups)
-    defines = dict(DTYPE_BF16=_dtype_flag(w), DIRECT=int(direct), FM=bm // 8, FN=fn,
-                   WARPS_N=warps_n, WARPS_K=warps_k, HAS_BIAS=int(bias is not None),
+    defines = dict(DTYPE_BF16=_dtype_flag(w), DIRECT=2 if stream else int(direct), FM=bm // 8,
+                   FN=fn, WARPS_N=warps_n, WARPS_K=warps_k, HAS_BIAS=int(bias is not None),
                    HAS_RES=int(residual is not None))
     if direct:
         defines["UNROLL"] = unroll
         smem = 0
         if warps_k * bm * (bn + 4) * 4 > SMEM_DYNAMIC:  # static C tile of flat_direct_kernel
             raise ValueError(f"flat direct: C tile of {warps_k}x{bm}x{bn} exceeds 46 KB")
+    elif stream:
+        if kt not in (64, 128, 256) or fn * kt > 256:  # two register tiles of fn * kt / 16 uint4
+            raise ValueError(f"flat stream: kt {kt} with fn {fn} (kt in 64/128/256, fn * kt <= 256)")
+        if warps_k * bm * (bn + 4) * 4 > 48 * 1024:  # static C tile
+            raise ValueError(f"flat stream: C tile of {warps_k}x{bm}x{bn} exceeds 48 KB")
+        defines["KT"] = kt
+        smem = flat_stream_smem(bm, fn, warps_n * warps_k, kt, k_chunk)
+        if smem + warps_k * bm * (bn + 4) * 4 > SMEM_MAX:  # + the static C tile
+            raise ValueError(f"flat stream: {smem} B of shared memory for x and w tiles")
     else:
         defines.update(BK=bk, STAGES=stages)
         smem = flat_smem(bm, fn, warps_n, warps_k, bk, stages)
-    name = "flat_direct_kernel" if direct else "flat_gemm_kernel"
+    name = ("flat_direct_kernel" if direct else "flat_stream_kernel" if stream
+            else "flat_gemm_kernel")
     kern = _kernel("flat_gemm.cu", name, defines)
     _set_smem(kern, smem)
-    kern((n_tiles, split, m_groups), (32 * warps_n * warps_k,),
+    if stream and smem + warps_k * bm * (bn + 4) * 4 > 48 * 1024:  # static C tile too
+        if kern.max_dynamic_shared_size_bytes < smem:
+            kern.max_dynamic_shared_size_bytes = smem
+    grid_x = n_tiles
+    if stream and persist > 0:
+        grid_x = min(grid_x, persist * num_sms())
+    if stream and grid > 0:
+        grid_x = min(grid_x, grid)
+    kern((grid_x, split, m_groups), (32 * warps_n * warps_k,),
          (x, w, bias if bias is not None else w, residual if residual is not None else y, y,
           ws, cnt, cp.int32(M), cp.int32(N), cp.int32(K), cp.int32(k_chunk)),
          shared_mem=smem)
+
+
+def flat_stream_smem(bm: int, fn: int, warps: int, kt: int, k_chunk: int) -> int:
+    """Dynamic shared memory of flat_stream_kernel: the x slice and one w tile per warp."""
+    return bm * k_chunk * 2 + warps * 16 * fn * kt * 2
 
 
 def cublas(x, w, y, bias=None, residual=None) -> None:
