@@ -111,6 +111,15 @@ __device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias, c
     return v;
 }
 
+__device__ __forceinline__ void zero_acc(float (&acc)[FN][FM][4]) {
+#pragma unroll
+    for (int i = 0; i < FN; ++i)
+#pragma unroll
+        for (int j = 0; j < FM; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+}
+
 // Fragments -> fp32 C tile cs[wk][m][n] (c0: (n = g, m = 2t), c1: (g, 2t+1), c2/c3: n + 8),
 // sum over the WARPS_K warps, then either store y (split == 1) or park the partial in ws and
 // let the last split block of the tile reduce all partials and store y (its counter is reset
@@ -198,12 +207,7 @@ flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __re
     };
 
     float acc[FN][FM][4];
-#pragma unroll
-    for (int i = 0; i < FN; ++i)
-#pragma unroll
-        for (int j = 0; j < FM; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    zero_acc(acc);
 
     // w is constant during a step: the first stages' weight tiles are requested before
     // RE_PDL_WAIT (overlapping the previous kernel's tail under programmatic launch); they join
@@ -294,12 +298,7 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
     }
 
     float acc[FN][FM][4];
-#pragma unroll
-    for (int i = 0; i < FN; ++i)
-#pragma unroll
-        for (int j = 0; j < FM; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    zero_acc(acc);
 
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     uint4 alo[UNROLL][FN], ahi[UNROLL][FN];
@@ -443,12 +442,7 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
     __syncthreads();
     const int g = lane >> 2, t = lane & 3;
     for (; group < n_groups; group += gridDim.x) {
-#pragma unroll
-        for (int i = 0; i < FN; ++i)
-#pragma unroll
-            for (int j = 0; j < FM; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+        zero_acc(acc);
         for (int tile = wk; tile < num_tiles; tile += 2 * WARPS_K) {
             const int t1 = tile + WARPS_K;
             if (t1 < num_tiles) load(b1, group, t1);
