@@ -392,19 +392,35 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
     const int lrow = lane / LPR, lch = lane % LPR;
     const size_t row_step = (size_t)RPI * K;
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-    auto load = [&](uint4 (&buf)[NLD], int group, int tile) {
+    uint4 wb[2][NLD];  // two register tiles; every call passes a literal slot
+    auto load = [&](int slot, int group, int tile) {
         const int r0 = group * BN + wn * 16 * FN + lrow;
         const T* wp = w + (size_t)min(r0, N - 1) * K + k_begin + tile * KT + 8 * lch;
         const bool ok = k_begin + tile * KT + 8 * lch < k_end;
 #pragma unroll
         for (int i = 0; i < NLD; ++i)
-            buf[i] = ok && r0 + i * RPI < N ? ld_stream16(wp + i * row_step) : zero;
+            wb[slot][i] = ok && r0 + i * RPI < N ? ld_stream16(wp + i * row_step) : zero;
     };
     float acc[FN][FM][4];
-    auto compute = [&](const uint4 (&buf)[NLD], int tile) {
+
+    // w is constant during a step: the first tile is requested before RE_PDL_WAIT
+    int group = blockIdx.x;
+    if (wk < num_tiles) load(0, group, wk);
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
+    const int x_chunks = k_chunk / 8;
+    for (int c = tid; c < BM * x_chunks; c += NT) {
+        const int m = c / x_chunks, ch = c % x_chunks, k = k_begin + 8 * ch;
+        const bool ok = m0 + m < M && k < k_end;
+        const uint4 v = ok ? __ldg(reinterpret_cast<const uint4*>(x + (size_t)(m0 + m) * K + k))
+                           : zero;
+        *reinterpret_cast<uint4*>(xs + (size_t)m * k_chunk + ((ch ^ (m & 7)) << 3)) = v;
+    }
+    __syncthreads();
+    auto compute = [&](int slot, int tile) {
 #pragma unroll
         for (int i = 0; i < NLD; ++i)
-            *reinterpret_cast<uint4*>(wt + swz_kt(i * RPI + lrow, lch)) = buf[i];
+            *reinterpret_cast<uint4*>(wt + swz_kt(i * RPI + lrow, lch)) = wb[slot][i];
         __syncwarp();
         const int xc0 = tile * (KT / 8);  // first x chunk of the tile
 #pragma unroll
@@ -424,35 +440,19 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
         }
         __syncwarp();  // the tile is overwritten by the next store
     };
-
-    // w is constant during a step: the first tile is requested before RE_PDL_WAIT
-    uint4 b0[NLD], b1[NLD];
-    int group = blockIdx.x;
-    if (wk < num_tiles) load(b0, group, wk);
-    RE_PDL_WAIT();
-    RE_PDL_TRIGGER();
-    const int x_chunks = k_chunk / 8;
-    for (int c = tid; c < BM * x_chunks; c += NT) {
-        const int m = c / x_chunks, ch = c % x_chunks, k = k_begin + 8 * ch;
-        const bool ok = m0 + m < M && k < k_end;
-        const uint4 v = ok ? __ldg(reinterpret_cast<const uint4*>(x + (size_t)(m0 + m) * K + k))
-                           : zero;
-        *reinterpret_cast<uint4*>(xs + (size_t)m * k_chunk + ((ch ^ (m & 7)) << 3)) = v;
-    }
-    __syncthreads();
     const int g = lane >> 2, t = lane & 3;
     for (; group < n_groups; group += gridDim.x) {
         zero_acc(acc);
         for (int tile = wk; tile < num_tiles; tile += 2 * WARPS_K) {
             const int t1 = tile + WARPS_K;
-            if (t1 < num_tiles) load(b1, group, t1);
-            compute(b0, tile);
+            if (t1 < num_tiles) load(1, group, t1);
+            compute(0, tile);
             if (t1 >= num_tiles) break;
-            if (t1 + WARPS_K < num_tiles) load(b0, group, t1 + WARPS_K);
-            compute(b1, t1);
+            if (t1 + WARPS_K < num_tiles) load(0, group, t1 + WARPS_K);
+            compute(1, t1);
         }
         const int next = group + gridDim.x;
-        if (next < n_groups && wk < num_tiles) load(b0, next, wk);  // in flight during the store
+        if (next < n_groups && wk < num_tiles) load(0, next, wk);  // in flight during the store
         store_tile(acc, cs, s_is_last, blockIdx.z * n_groups + group, tid, wn, wk, g, t, m0,
                    group * BN, M, N, split, s, bias, res, y, ws, counters);
         if (next < n_groups) __syncthreads();  // cs and s_is_last are reused by the next group
