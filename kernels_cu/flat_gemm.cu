@@ -98,7 +98,12 @@
 
 typedef dtype_t T;  // common.cuh: bf16 with -DDTYPE_BF16=1, else half
 // element offset of (row, 16-byte chunk ch) in a [rows, BK] swizzled tile
-__device__ __forceinline__ int swz(int row, int ch) { return row * BK + ((ch ^ (row & 7)) << 3); }
+// element offset of (row, 16-byte chunk ch) in a [rows, stride] tile whose chunks are XOR-swizzled
+// by (row & 7), so eight rows' same chunk hit distinct banks (ldmatrix without conflicts)
+__device__ __forceinline__ int swz_at(int row, int ch, int stride) {
+    return row * stride + ((ch ^ (row & 7)) << 3);
+}
+__device__ __forceinline__ int swz(int row, int ch) { return swz_at(row, ch, BK); }
 
 __device__ __forceinline__ float epilogue(float v, const T* __restrict__ bias, const T* res,
                                           int m, int n, int N) {
@@ -125,7 +130,7 @@ __device__ __forceinline__ void zero_acc(float (&acc)[FN][FM][4]) {
 // let the last split block of the tile reduce all partials and store y (its counter is reset
 // so graph replays work). Shared by both kernels.
 __device__ __forceinline__ void store_tile(const float (&acc)[FN][FM][4], float* cs,
-                                          unsigned& s_is_last, int tile, int tid, int wn, int wk, int g,
+                                          unsigned& s_is_last, int tid, int wn, int wk, int g,
                                           int t, int m0, int n0, int M, int N, int split, int s,
                                           const T* __restrict__ bias, const T* res, T* y,
                                           float* __restrict__ ws,
@@ -157,6 +162,7 @@ __device__ __forceinline__ void store_tile(const float (&acc)[FN][FM][4], float*
 
     __threadfence();
     __syncthreads();
+    const int tile = blockIdx.z * gridDim.x + blockIdx.x;
     if (tid == 0) s_is_last = atomicAdd(&counters[tile], 1u) == (unsigned)(split - 1);
     __syncthreads();
     if (!s_is_last) return;
@@ -258,8 +264,8 @@ flat_gemm_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __re
 
     float* cs = reinterpret_cast<float*>(smem_raw);
     const int g = lane >> 2, t = lane & 3;
-    store_tile(acc, cs, s_is_last, blockIdx.z * gridDim.x + blockIdx.x, tid, wn, wk, g, t, m0, n0,
-               M, N, split, s, bias, res, y, ws, counters);
+    store_tile(acc, cs, s_is_last, tid, wn, wk, g, t, m0, n0, M, N, split, s, bias, res, y, ws,
+               counters);
 }
 
 #endif  // DIRECT == 0
@@ -345,30 +351,25 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
                 }
     }
 
-    store_tile(acc, cs, s_is_last, blockIdx.z * gridDim.x + blockIdx.x, tid, wn, wk, g, t, m0, n0,
-               M, N, split, s, bias, res, y, ws, counters);
+    store_tile(acc, cs, s_is_last, tid, wn, wk, g, t, m0, n0, M, N, split, s, bias, res, y, ws,
+               counters);
 }
 #endif  // DIRECT == 1
 
 #if DIRECT == 2
 // flat_stream_kernel: w streamed in whole row runs like gemv.cu, then through a warp-private
 // shared-memory tile to ldmatrix fragments, so the tensor cores do the FMAs.
-//   Row groups of BN rows: block x handles groups x, x + gridDim.x, ... (gridDim.x may be
-//   smaller than cdiv(N, BN): the x slice, staged once per block, is then reused over several
-//   groups instead of re-read from L2 per group; the next group's first tile is requested
-//   before the current one's store).
-//   Warp (wn, wk) owns rows [16 * FN * wn, +16 * FN) of the group and the k tiles wk,
-//   wk + WARPS_K, ... of the block's K slice: at any moment the WARPS_K warps of a row group
-//   read WARPS_K * KT * 2 contiguous bytes of each of their rows (DRAM serves such runs faster
-//   than scattered 512-byte pieces: docs/flat_gemm_notes.md, session 14).
-//   The loop has only __syncwarp: tile i + 1 is loaded into registers while tile i goes
-//   registers -> shared -> ldmatrix -> mma. Tiles: [16 * FN, KT], 16-byte chunks XOR-swizzled
-//   by (row & 7); the x slice [BM, k_chunk] likewise by (m & 7).
+//   Block x owns rows [x * BN, +BN); warp (wn, wk) owns rows [16 * FN * wn, +16 * FN) of them
+//   and the k tiles wk, wk + WARPS_K, ... of the block's K slice: at any moment the WARPS_K
+//   warps of a row group read WARPS_K * KT * 2 contiguous bytes of each of their rows (DRAM
+//   serves such runs faster than scattered 512-byte pieces: docs/flat_gemm_notes.md, session 14).
+//   The x slice [BM, k_chunk] is staged in shared memory once (one block barrier); the loop has
+//   only __syncwarp: tile i + 1 is loaded into registers while tile i goes registers -> shared
+//   -> ldmatrix -> mma. Tiles [16 * FN, KT] and the x slice are chunk-swizzled (swz_at).
 // Dynamic shared memory: x slice BM * k_chunk * 2 B, then one tile of 16 * FN * KT * 2 B per warp.
 #define LPR (KT / 8)         // lanes per w row in one load instruction
 #define RPI (32 / LPR)       // rows per load instruction
 #define NLD (16 * FN / RPI)  // load instructions (16-byte registers) per tile
-__device__ __forceinline__ int swz_kt(int row, int ch) { return row * KT + ((ch ^ (row & 7)) << 3); }
 
 extern "C" __global__ void __launch_bounds__(NT)
 flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
@@ -381,7 +382,7 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wn = warp % WARPS_N, wk = warp / WARPS_N;
     T* wt = xs + BM * k_chunk + warp * 16 * FN * KT;
-    const int m0 = blockIdx.z * BM, n_groups = (N + BN - 1) / BN;
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.z * BM;
     const int split = gridDim.y, s = blockIdx.y;
     const int k_begin = s * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
@@ -390,22 +391,23 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
     // lane's piece of load instruction i: row i * RPI + lane / LPR of the warp's 16 * FN rows,
     // 16-byte chunk lane % LPR; rows past N are not read (store_tile drops their outputs)
     const int lrow = lane / LPR, lch = lane % LPR;
+    const int r0 = n0 + wn * 16 * FN + lrow;
+    const T* wp = w + (size_t)min(r0, N - 1) * K + k_begin + 8 * lch;
     const size_t row_step = (size_t)RPI * K;
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     uint4 wb[2][NLD];  // two register tiles; every call passes a literal slot
-    auto load = [&](int slot, int group, int tile) {
-        const int r0 = group * BN + wn * 16 * FN + lrow;
-        const T* wp = w + (size_t)min(r0, N - 1) * K + k_begin + tile * KT + 8 * lch;
+    auto load = [&](int slot, int tile) {
         const bool ok = k_begin + tile * KT + 8 * lch < k_end;
 #pragma unroll
         for (int i = 0; i < NLD; ++i)
-            wb[slot][i] = ok && r0 + i * RPI < N ? ld_stream16(wp + i * row_step) : zero;
+            wb[slot][i] = ok && r0 + i * RPI < N ? ld_stream16(wp + i * row_step + tile * KT)
+                                                 : zero;
     };
     float acc[FN][FM][4];
+    zero_acc(acc);
 
     // w is constant during a step: the first tile is requested before RE_PDL_WAIT
-    int group = blockIdx.x;
-    if (wk < num_tiles) load(0, group, wk);
+    if (wk < num_tiles) load(0, wk);
     RE_PDL_WAIT();
     RE_PDL_TRIGGER();
     const int x_chunks = k_chunk / 8;
@@ -414,13 +416,13 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
         const bool ok = m0 + m < M && k < k_end;
         const uint4 v = ok ? __ldg(reinterpret_cast<const uint4*>(x + (size_t)(m0 + m) * K + k))
                            : zero;
-        *reinterpret_cast<uint4*>(xs + (size_t)m * k_chunk + ((ch ^ (m & 7)) << 3)) = v;
+        *reinterpret_cast<uint4*>(xs + swz_at(m, ch, k_chunk)) = v;
     }
     __syncthreads();
     auto compute = [&](int slot, int tile) {
 #pragma unroll
         for (int i = 0; i < NLD; ++i)
-            *reinterpret_cast<uint4*>(wt + swz_kt(i * RPI + lrow, lch)) = wb[slot][i];
+            *reinterpret_cast<uint4*>(wt + swz_at(i * RPI + lrow, lch, KT)) = wb[slot][i];
         __syncwarp();
         const int xc0 = tile * (KT / 8);  // first x chunk of the tile
 #pragma unroll
@@ -428,34 +430,29 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
             unsigned a[FN][4];
 #pragma unroll
             for (int fn = 0; fn < FN; ++fn)
-                ldmatrix_x4(a[fn], wt + swz_kt(fn * 16 + (lane & 15), 2 * kk + (lane >> 4)));
+                ldmatrix_x4(a[fn], wt + swz_at(fn * 16 + (lane & 15), 2 * kk + (lane >> 4), KT));
 #pragma unroll
             for (int fm = 0; fm < FM; ++fm) {
                 unsigned b[2];
-                const int m = fm * 8 + (lane & 7), ch = xc0 + 2 * kk + ((lane >> 3) & 1);
-                ldmatrix_x2(b, xs + (size_t)m * k_chunk + ((ch ^ (m & 7)) << 3));
+                const int m = fm * 8 + (lane & 7);
+                ldmatrix_x2(b, xs + swz_at(m, xc0 + 2 * kk + ((lane >> 3) & 1), k_chunk));
 #pragma unroll
                 for (int fn = 0; fn < FN; ++fn) mma16816(acc[fn][fm], a[fn], b);
             }
         }
         __syncwarp();  // the tile is overwritten by the next store
     };
-    const int g = lane >> 2, t = lane & 3;
-    for (; group < n_groups; group += gridDim.x) {
-        zero_acc(acc);
-        for (int tile = wk; tile < num_tiles; tile += 2 * WARPS_K) {
-            const int t1 = tile + WARPS_K;
-            if (t1 < num_tiles) load(1, group, t1);
-            compute(0, tile);
-            if (t1 >= num_tiles) break;
-            if (t1 + WARPS_K < num_tiles) load(0, group, t1 + WARPS_K);
-            compute(1, t1);
-        }
-        const int next = group + gridDim.x;
-        if (next < n_groups && wk < num_tiles) load(0, next, wk);  // in flight during the store
-        store_tile(acc, cs, s_is_last, blockIdx.z * n_groups + group, tid, wn, wk, g, t, m0,
-                   group * BN, M, N, split, s, bias, res, y, ws, counters);
-        if (next < n_groups) __syncthreads();  // cs and s_is_last are reused by the next group
+    for (int tile = wk; tile < num_tiles; tile += 2 * WARPS_K) {
+        const int t1 = tile + WARPS_K;
+        if (t1 < num_tiles) load(1, t1);
+        compute(0, tile);
+        if (t1 >= num_tiles) break;
+        if (t1 + WARPS_K < num_tiles) load(0, t1 + WARPS_K);
+        compute(1, t1);
     }
+
+    const int g = lane >> 2, t = lane & 3;
+    store_tile(acc, cs, s_is_last, tid, wn, wk, g, t, m0, n0, M, N, split, s, bias, res, y, ws,
+               counters);
 }
 #endif  // DIRECT == 2

@@ -73,11 +73,11 @@ FLAT_SMEM_CONFIGS = [
 ]
 # flat_stream_kernel (session 14): w in 2-4 KB row runs (kt * warps_k * 2 bytes) through
 # per-warp shared tiles. The winners of a 36-config sweep over the 8 Llama-2/3 shapes, M <= 16.
-# Not candidates: persist = 1 (one block per SM looping over row groups, x staged once per SM).
-# It won M = 8-16 in isolation by up to 8%, but a block needs a whole SM (512 threads x 128
-# registers) and its share of the rows is fixed, so in a real step, where the neighbouring
-# kernels overlap it under programmatic launch, it lost: Llama-3-8B batch 4 / 8 decode 168.5 /
-# 167.3 -> 160.0 / 159.0 tok/s per sequence, against 173.6 / 166.7 without it (H100).
+# A persistent build (one block per SM looping over row groups, x staged once per SM) won
+# M = 8-16 in isolation by up to 8% but lost in real steps, where the neighbouring kernels
+# overlap it under programmatic launch (a block needs a whole SM and owns a fixed share of the
+# rows): Llama-3-8B batch 4 / 8 decode 168.5 / 167.3 -> 160.0 / 159.0 tok/s per sequence,
+# against 173.6 / 166.7 without it (H100). It was removed; docs/flat_gemm_notes.md, session 14.
 FLAT_STREAM_CONFIGS = [
     dict(kernel="stream", kt=128, fn=1, warps_n=1, warps_k=16, split=1),
     dict(kernel="stream", kt=128, fn=1, warps_n=2, warps_k=8, split=1),

@@ -2,7 +2,8 @@
 
     PYTHONPATH=. PYTHONUNBUFFERED=1 python tools/bench_gemm.py [--quick] [--json out.json]
 
-Ours (gemv, flat direct / smem / stream, dispatched): CUDA-graph replays, weights rotated over >= 160 MB of copies.
+Ours (gemv, flat direct / smem / stream, dispatched): CUDA-graph replays, weights rotated over
+>= 160 MB of copies.
 cuBLAS from CuPy's process: column 'cublG', cublasGemmEx through ctypes
 (rawengine/backends/cuda/cublas.py) as CUDA-graph replays; where that path cannot load,
 column 'cupyE', cupy.matmul back-to-back eager calls (CuPy cannot capture cuBLAS). And torch
@@ -96,8 +97,7 @@ def bench_shape(name, N, K, ms, rows):
         r["direct"] = t_ours("flat", d_params if dk == "direct" else {"kernel": "direct"}) \
             if M <= 64 else None
         r["smem"] = t_ours("flat", d_params if dk == "smem" else {"kernel": "smem"})
-        r["stream"] = t_ours("flat", d_params if dk == "stream" else dict(
-            tune.FLAT_STREAM_CONFIGS[0], bm=8 if M <= 8 else 16)) \
+        r["stream"] = t_ours("flat", d_params if dk == "stream" else tune.FLAT_STREAM_CONFIGS[0]) \
             if M <= tune.STREAM_MAX_M or dk == "stream" else None
         if tune.cublas_capturable():
             r["cublas"] = t_ours("cublas", {})

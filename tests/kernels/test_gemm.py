@@ -94,13 +94,12 @@ FLAT_CFGS = [
     dict(kernel="direct", fn=2, warps_n=2, warps_k=2, unroll=2, split=3),
     dict(kernel="direct", bm=64, warps_n=4, warps_k=1, unroll=1),
     # w streamed in row runs through per-warp shared tiles: K tails (K = 136: kt = 128 leaves
-    # one 16-byte chunk), split-K, bm > M, two row fragments, and blocks looping over several
-    # row groups (grid < groups), with and without split-K
+    # one 16-byte chunk), split-K, bm > M, two row fragments
     dict(kernel="stream"),
     dict(kernel="stream", kt=64, bm=16, warps_n=2, warps_k=4, split=3),
-    dict(kernel="stream", kt=128, warps_n=1, warps_k=8, split=1, grid=5),
-    dict(kernel="stream", kt=128, fn=2, warps_n=2, warps_k=2, split=2, grid=3),
-    dict(kernel="stream", kt=256, warps_n=1, warps_k=4, persist=1),
+    dict(kernel="stream", kt=128, warps_n=1, warps_k=8, split=1),
+    dict(kernel="stream", kt=128, fn=2, warps_n=2, warps_k=2, split=2),
+    dict(kernel="stream", kt=256, warps_n=1, warps_k=4),
     dict(kernel="smem"),
     dict(kernel="smem", bm=8, split=1),
     dict(kernel="smem", bm=16, fn=2, warps_n=2, warps_k=2, bk=128, stages=3, split=2),

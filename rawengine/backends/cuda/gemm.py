@@ -411,22 +411,24 @@ def flat_smem(bm: int, fn: int, warps_n: int, warps_k: int, bk: int, stages: int
     return max(stages * (bn + bm) * bk * 2, warps_k * bm * (bn + 4) * 4)
 
 
-def _set_smem(kern, smem: int) -> None:
-    if smem > SMEM_MAX:
-        raise ValueError(f"tile needs {smem} B of shared memory (> {SMEM_MAX})")
-    if smem > SMEM_DYNAMIC and kern.max_dynamic_shared_size_bytes < smem:
+def _set_smem(kern, smem: int, static: int = 0) -> None:
+    """Opt the kernel in to `smem` bytes of dynamic shared memory where the default 48 KB
+    (less its `static` shared memory; SMEM_DYNAMIC assumes <= 2 KB of it) is not enough."""
+    if smem + static > SMEM_MAX:
+        raise ValueError(f"tile needs {smem + static} B of shared memory (> {SMEM_MAX})")
+    if ((smem > SMEM_DYNAMIC or smem + static > 48 * 1024)
+            and kern.max_dynamic_shared_size_bytes < smem):
         kern.max_dynamic_shared_size_bytes = smem
 
 
 def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int = 0, fn: int = 0,
          warps_n: int = 0, warps_k: int = 0, bk: int = 128, stages: int = 4, unroll: int = 0,
-         split: int = 0, kt: int = 128, persist: int = 0, grid: int = 0) -> None:
+         split: int = 0, kt: int = 128) -> None:
     """y = x @ w.T (+ bias) (+ residual) on tensor cores (mma.m16n8k16); needs K % 8 == 0.
 
     kernel 'direct': w fragments loaded straight from global memory (decode M);
     kernel 'stream': w streamed in row runs of kt * warps_k * 2 bytes through per-warp shared
-    tiles, x staged once per block; persist > 0: persist * SMs blocks loop over the row groups
-    (grid > 0 caps the blocks, for tests); split is raised until x fits in shared memory;
+    tiles, x staged once per block (split is raised until it fits in shared memory);
     kernel 'smem': cp.async shared-memory pipeline (bk, stages).
     bm = 0: smallest of 8/16/32/64 covering M; 0 for warps/unroll/split: picked from the shape."""
     M, K = x.shape
@@ -440,6 +442,7 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
     warps_k = warps_k or ((8 if bm <= 32 else 4) if direct else 1 if stream else 4)
     unroll = unroll or 2
     bn = 16 * fn * warps_n
+    c_tile = warps_k * bm * (bn + 4) * 4  # static C tile of the direct and stream kernels
     n_tiles, m_groups = cdiv(N, bn), cdiv(M, bm)
     step = 32 * unroll * warps_k if direct else kt * warps_k if stream else bk
     k_steps = cdiv(K, step)
@@ -447,10 +450,9 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
         target = (4 if direct else 2) * num_sms()
         split = max(1, min(cdiv(target, n_tiles * m_groups), k_steps // 2))
     split = min(split, k_steps)
-    if stream:  # the x slice, the w tiles and the static C tile must fit
-        fixed = 16 * fn * kt * 2 * warps_n * warps_k + warps_k * bm * (bn + 4) * 4
-        while split < k_steps and bm * cdiv(k_steps, split) * step * 2 + fixed > SMEM_MAX:
-            split += 1
+    while stream and split < k_steps and SMEM_MAX < c_tile + flat_stream_smem(
+            bm, fn, warps_n * warps_k, kt, cdiv(k_steps, split) * step):
+        split += 1  # the x slice, the w tiles and the static C tile must fit
     k_chunk = cdiv(k_steps, split) * step
     split = cdiv(K, k_chunk)
     ws, cnt = _scratch.get(split * M * N if split > 1 else 0, n_tiles * m_groups)
@@ -460,33 +462,24 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
     if direct:
         defines["UNROLL"] = unroll
         smem = 0
-        if warps_k * bm * (bn + 4) * 4 > SMEM_DYNAMIC:  # static C tile of flat_direct_kernel
+        if c_tile > SMEM_DYNAMIC:
             raise ValueError(f"flat direct: C tile of {warps_k}x{bm}x{bn} exceeds 46 KB")
     elif stream:
         if kt not in (64, 128, 256) or fn * kt > 256:  # two register tiles of fn * kt / 16 uint4
-            raise ValueError(f"flat stream: kt {kt} with fn {fn} (kt in 64/128/256, fn * kt <= 256)")
-        if warps_k * bm * (bn + 4) * 4 > 48 * 1024:  # static C tile
+            raise ValueError(f"flat stream: kt {kt} with fn {fn} "
+                             "(kt in 64/128/256, fn * kt <= 256)")
+        if c_tile > 48 * 1024:
             raise ValueError(f"flat stream: C tile of {warps_k}x{bm}x{bn} exceeds 48 KB")
         defines["KT"] = kt
         smem = flat_stream_smem(bm, fn, warps_n * warps_k, kt, k_chunk)
-        if smem + warps_k * bm * (bn + 4) * 4 > SMEM_MAX:  # + the static C tile
-            raise ValueError(f"flat stream: {smem} B of shared memory for x and w tiles")
     else:
         defines.update(BK=bk, STAGES=stages)
         smem = flat_smem(bm, fn, warps_n, warps_k, bk, stages)
     name = ("flat_direct_kernel" if direct else "flat_stream_kernel" if stream
             else "flat_gemm_kernel")
     kern = _kernel("flat_gemm.cu", name, defines)
-    _set_smem(kern, smem)
-    if stream and smem + warps_k * bm * (bn + 4) * 4 > 48 * 1024:  # static C tile too
-        if kern.max_dynamic_shared_size_bytes < smem:
-            kern.max_dynamic_shared_size_bytes = smem
-    grid_x = n_tiles
-    if stream and persist > 0:
-        grid_x = min(grid_x, persist * num_sms())
-    if stream and grid > 0:
-        grid_x = min(grid_x, grid)
-    kern((grid_x, split, m_groups), (32 * warps_n * warps_k,),
+    _set_smem(kern, smem, c_tile if stream else 0)
+    kern((n_tiles, split, m_groups), (32 * warps_n * warps_k,),
          (x, w, bias if bias is not None else w, residual if residual is not None else y, y,
           ws, cnt, cp.int32(M), cp.int32(N), cp.int32(K), cp.int32(k_chunk)),
          shared_mem=smem)
