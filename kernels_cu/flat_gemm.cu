@@ -38,16 +38,18 @@
 //       WARPS_K (warps of a block splitting K, reduced in shared memory), UNROLL (32-wide k
 //       blocks per lane per iteration).
 //   flat_stream_kernel (DIRECT = 2)  w read like gemv.cu, in runs of WARPS_K * KT * 2 contiguous
-//       bytes per row, then registers -> per-warp shared tile -> ldmatrix -> mma; x staged in
-//       shared memory once per block. Defines: KT (k per warp tile: 64/128/256), FN, FM,
-//       WARPS_N, WARPS_K (warps reading consecutive KT pieces of the same rows). See below.
+//       bytes per row, then registers -> per-warp shared tile -> ldmatrix -> mma; x copied per
+//       warp and tile with cp.async. Defines: KT (k per warp tile: 64/128/256), FN, FM,
+//       WARPS_N, WARPS_K (warps reading consecutive KT pieces of the same rows), PRE_TILES.
+//       See below.
 //
 // Variants / when each wins (H100 tuning of 24 decode shapes, docs/flat_gemm_notes.md):
-//   0. flat_stream_kernel, KT 128 x WARPS_K 8-16 (2-4 KB row runs): M = 2..16 on most shapes
-//      (session 14: at the GEMV's M = 1 rate up to M = 8), except the long-K down products.
+//   0. flat_stream_kernel, KT 128 x WARPS_K 8 (2 KB row runs, two 8-warp blocks per SM):
+//      M = 1..16-32 on most shapes (session 15: ahead of the M = 1 GEMV on o / down / lm_head;
+//      the GEMV keeps M = 1 where it fuses RoPE or SiLU-mul into qkv / gate_up).
 //   1. flat_direct_kernel / flat_gemm_kernel (BM = 16..32, BK = 128, WARPS_N = 2, WARPS_K =
-//      4): a few M = 8..32 cells, and the capture fallbacks of cuBLAS entries.
-//   2. M >= 16-64: cuBLAS (graph-capturable through ctypes).
+//      4): a few M = 24..32 cells, and the capture fallbacks of cuBLAS entries.
+//   2. M >= 24-64: cuBLAS (graph-capturable through ctypes).
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -363,10 +365,19 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
 //   and the k tiles wk, wk + WARPS_K, ... of the block's K slice: at any moment the WARPS_K
 //   warps of a row group read WARPS_K * KT * 2 contiguous bytes of each of their rows (DRAM
 //   serves such runs faster than scattered 512-byte pieces: docs/flat_gemm_notes.md, session 14).
-//   The x slice [BM, k_chunk] is staged in shared memory once (one block barrier); the loop has
-//   only __syncwarp: tile i + 1 is loaded into registers while tile i goes registers -> shared
-//   -> ldmatrix -> mma. Tiles [16 * FN, KT] and the x slice are chunk-swizzled (swz_at).
-// Dynamic shared memory: x slice BM * k_chunk * 2 B, then one tile of 16 * FN * KT * 2 B per warp.
+//   x is copied per warp and tile: while a warp's registers load the w tile after next
+//   [16 * FN, KT], cp.async copies its x piece [BM, KT] (from L2) into one of the warp's two x
+//   tiles; the loop has only __syncwarp (tile i + 1 loads while tile i goes registers -> shared
+//   -> ldmatrix -> mma). Nothing runs before the first mma, shared memory does not grow with K
+//   and a block reads each x byte once when WARPS_N = 1 (session 15: staging the block's whole
+//   x slice first, the session-14 build, lost in 191 of 192 tuned (shape, M) cells).
+//   Tiles are chunk-swizzled (swz_at).
+// Dynamic shared memory per warp: one w tile and two x tiles, (16 * FN + 2 * BM) * KT * 2 B.
+// PRE_TILES (1, 2): w tiles each warp requests before RE_PDL_WAIT. 2 pays at M = 1, where the
+// kernels around a linear are short; at M = 4-8 it cost ~1% of Llama decode (session 15).
+#ifndef PRE_TILES
+#define PRE_TILES 1
+#endif
 #define LPR (KT / 8)         // lanes per w row in one load instruction
 #define RPI (32 / LPR)       // rows per load instruction
 #define NLD (16 * FN / RPI)  // load instructions (16-byte registers) per tile
@@ -378,10 +389,10 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ float cs[WARPS_K * BM * (BN + CPAD)];
     __shared__ unsigned s_is_last;
-    T* xs = reinterpret_cast<T*>(smem_raw);  // [BM, k_chunk]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wn = warp % WARPS_N, wk = warp / WARPS_N;
-    T* wt = xs + BM * k_chunk + warp * 16 * FN * KT;
+    T* wt = reinterpret_cast<T*>(smem_raw) + warp * (16 * FN + 2 * BM) * KT;  // [16 * FN, KT]
+    T* xt = wt + 16 * FN * KT;                                                 // 2 x [BM, KT]
     const int n0 = blockIdx.x * BN, m0 = blockIdx.z * BM;
     const int split = gridDim.y, s = blockIdx.y;
     const int k_begin = s * k_chunk;
@@ -403,28 +414,40 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
             wb[slot][i] = ok && r0 + i * RPI < N ? ld_stream16(wp + i * row_step + tile * KT)
                                                  : zero;
     };
+    // x piece [BM, KT] of tile -> the warp's x tile `slot`, lanes laid out as for w (row
+    // i * RPI + lrow, chunk lch); rows past M and k past k_end are zero-filled
+    const T* xp = x + (size_t)(m0 + lrow) * K + k_begin + 8 * lch;
+    auto load_x = [&](int slot, int tile) {
+        const bool ok = k_begin + tile * KT + 8 * lch < k_end;
+#pragma unroll
+        for (int i = 0; i < BM / RPI; ++i) {
+            const bool v = ok && m0 + i * RPI + lrow < M;
+            cp_async16(xt + slot * BM * KT + swz_at(i * RPI + lrow, lch, KT),
+                       v ? xp + (size_t)i * RPI * K + tile * KT : x, v);
+        }
+    };
     float acc[FN][FM][4];
     zero_acc(acc);
 
-    // w is constant during a step: the first tile is requested before RE_PDL_WAIT
+    // w is constant during a step: the first PRE_TILES tiles are requested before RE_PDL_WAIT,
+    // so they stream while the previous kernel finishes
     if (wk < num_tiles) load(0, wk);
+    if (PRE_TILES > 1 && wk + WARPS_K < num_tiles) load(1, wk + WARPS_K);
     RE_PDL_WAIT();
     RE_PDL_TRIGGER();
-    const int x_chunks = k_chunk / 8;
-    for (int c = tid; c < BM * x_chunks; c += NT) {
-        const int m = c / x_chunks, ch = c % x_chunks, k = k_begin + 8 * ch;
-        const bool ok = m0 + m < M && k < k_end;
-        const uint4 v = ok ? __ldg(reinterpret_cast<const uint4*>(x + (size_t)(m0 + m) * K + k))
-                           : zero;
-        *reinterpret_cast<uint4*>(xs + swz_at(m, ch, k_chunk)) = v;
+    if (wk < num_tiles) load_x(0, wk);
+    cp_async_commit();
+    if (PRE_TILES > 1) {
+        if (wk + WARPS_K < num_tiles) load_x(1, wk + WARPS_K);
+        cp_async_commit();
     }
-    __syncthreads();
-    auto compute = [&](int slot, int tile) {
+    auto compute = [&](int slot) {
 #pragma unroll
         for (int i = 0; i < NLD; ++i)
             *reinterpret_cast<uint4*>(wt + swz_at(i * RPI + lrow, lch, KT)) = wb[slot][i];
+        cp_async_wait<1>();  // this tile's x landed (the next tile's copy may be pending)
         __syncwarp();
-        const int xc0 = tile * (KT / 8);  // first x chunk of the tile
+        const T* xs = xt + slot * BM * KT;
 #pragma unroll
         for (int kk = 0; kk < KT / 16; ++kk) {
             unsigned a[FN][4];
@@ -435,20 +458,33 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
             for (int fm = 0; fm < FM; ++fm) {
                 unsigned b[2];
                 const int m = fm * 8 + (lane & 7);
-                ldmatrix_x2(b, xs + swz_at(m, xc0 + 2 * kk + ((lane >> 3) & 1), k_chunk));
+                ldmatrix_x2(b, xs + swz_at(m, 2 * kk + ((lane >> 3) & 1), KT));
 #pragma unroll
                 for (int fn = 0; fn < FN; ++fn) mma16816(acc[fn][fm], a[fn], b);
             }
         }
-        __syncwarp();  // the tile is overwritten by the next store
+        __syncwarp();  // the tiles are overwritten by the next store / copy
     };
+    // load_x of a slot follows the compute that last read it (its closing __syncwarp); every
+    // compute waits for all but the newest cp.async group, so one group is committed per load
+    // (with PRE_TILES 2 the first pass's slot 1 tiles were requested above)
     for (int tile = wk; tile < num_tiles; tile += 2 * WARPS_K) {
         const int t1 = tile + WARPS_K;
-        if (t1 < num_tiles) load(1, t1);
-        compute(0, tile);
+        if (PRE_TILES == 1 || tile != wk) {
+            if (t1 < num_tiles) {
+                load(1, t1);
+                load_x(1, t1);
+            }
+            cp_async_commit();
+        }
+        compute(0);
         if (t1 >= num_tiles) break;
-        if (t1 + WARPS_K < num_tiles) load(0, t1 + WARPS_K);
-        compute(1, t1);
+        if (t1 + WARPS_K < num_tiles) {
+            load(0, t1 + WARPS_K);
+            load_x(0, t1 + WARPS_K);
+        }
+        cp_async_commit();
+        compute(1);
     }
 
     const int g = lane >> 2, t = lane & 3;

@@ -71,20 +71,21 @@ FLAT_SMEM_CONFIGS = [
     dict(kernel="smem", fn=2, warps_n=4, warps_k=1, bk=128, stages=3),
     dict(kernel="smem", fn=1, warps_n=2, warps_k=4, bk=128, stages=4),
 ]
-# flat_stream_kernel (session 14): w in 2-4 KB row runs (kt * warps_k * 2 bytes) through
-# per-warp shared tiles. The winners of a 36-config sweep over the 8 Llama-2/3 shapes, M <= 16.
-# A persistent build (one block per SM looping over row groups, x staged once per SM) won
-# M = 8-16 in isolation by up to 8% but lost in real steps, where the neighbouring kernels
-# overlap it under programmatic launch (a block needs a whole SM and owns a fixed share of the
-# rows): Llama-3-8B batch 4 / 8 decode 168.5 / 167.3 -> 160.0 / 159.0 tok/s per sequence,
-# against 173.6 / 166.7 without it (H100). It was removed; docs/flat_gemm_notes.md, session 14.
+# flat_stream_kernel: w in 2-4 KB row runs (kt * warps_k * 2 bytes) through per-warp shared
+# tiles, x copied per warp beside them (session 15). The winners of a 9-config sweep over the 8
+# Llama-2/3 shapes at M <= 16 (H100): kt 128 x warps_k 8 (two 8-warp blocks per SM) first in
+# 28 of 40 cells. Two builds lost (docs/flat_gemm_notes.md): a persistent grid (session 14:
+# faster alone, slower in decode steps, where neighbouring kernels overlap it under programmatic
+# launch) and x staged per block (session 15: the x slice in shared memory before the first mma
+# was behind in 191 of 192 tuned cells).
 FLAT_STREAM_CONFIGS = [
+    dict(kernel="stream", kt=128, fn=1, warps_n=1, warps_k=8, split=1),
     dict(kernel="stream", kt=128, fn=1, warps_n=1, warps_k=16, split=1),
-    dict(kernel="stream", kt=128, fn=1, warps_n=2, warps_k=8, split=1),
-    dict(kernel="stream", kt=64, fn=2, warps_n=1, warps_k=8, split=4),
-    dict(kernel="stream", kt=128, fn=2, warps_n=1, warps_k=4, split=4),
+    dict(kernel="stream", kt=128, fn=2, warps_n=1, warps_k=8, split=1),
+    dict(kernel="stream", kt=64, fn=1, warps_n=1, warps_k=8, split=1),
+    dict(kernel="stream", kt=64, fn=1, warps_n=1, warps_k=16, split=1),
 ]
-STREAM_MAX_M = 16  # x slices of larger M leave too little shared memory (and cuBLAS wins)
+STREAM_MAX_M = 32  # bm 32: 8 warps x (16 + 64) x 128 x 2 B = 160 KB of shared memory
 L2_ROTATE_BYTES = 160 << 20  # rotate weights over >= this many bytes (> 3x the H100 L2)
 
 
@@ -217,8 +218,10 @@ def candidates(M: int, max_m_own: int) -> list[tuple[str, dict]]:
         out += [("flat", dict(c, bm=bm)) for c in FLAT_DIRECT_CONFIGS
                 if bm <= 16 or c["fn"] * c["unroll"] <= 4]
     if M <= STREAM_MAX_M:
-        bm = 8 if M <= 8 else 16
-        out += [("flat", dict(c, bm=bm)) for c in FLAT_STREAM_CONFIGS]
+        bm = next(b for b in (8, 16, 32) if b >= M)
+        # 16 warps of kt 128 at bm >= 16 spill under the 128-register cap of 512 threads
+        out += [("flat", dict(c, bm=bm)) for c in FLAT_STREAM_CONFIGS
+                if bm == 8 or c["kt"] * c["warps_k"] < 2048]
     if 8 <= M <= max_m_own:
         bm = next((b for b in (16, 32, 64, 128) if b >= M), 128)
         out += [("flat", dict(c, bm=bm)) for c in FLAT_SMEM_CONFIGS]
@@ -298,7 +301,12 @@ def rules_from_records(records: list[dict]) -> dict[str, list[dict]]:
             for (n, k), per_m in by.items()}
 
 
-PAIRED_MAX_M = 8  # gemm.FUSED_MAX_M: epilogues run at M <= 8
+# Where gemm.py fuses a neighbouring op into a GEMV launch (a table entry of 'gemv' enables
+# it): pro/epilogues at M <= FUSED_MAX_M, prologues only on products of M*N*K <= FUSED_MAX_MNK
+# (launch bound; bigger ones lose more to the serial prologue than the launch saves).
+FUSED_MAX_M = 8
+FUSED_MAX_MNK = 1 << 24
+PAIRED_MAX_M = FUSED_MAX_M  # paired epilogues (RoPE, SiLU-mul) are timed where they run
 
 
 def time_paired(p: Problem, N: int, K: int, M: int, records: list, log) -> list:

@@ -53,3 +53,44 @@ def test_rules_from_records_merges_buckets_with_paired():
     assert rules == [dict(impl="gemv", params=G1, paired=G2, m_max=2),
                      dict(impl="cublas", params={}, fallback=dict(impl="gemv", params=G2),
                           m_max=1 << 30)]
+
+
+def _merge_tuning():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "merge_tuning.py"
+    spec = importlib.util.spec_from_file_location("merge_tuning", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_merge_tuning_policies():
+    """tools/merge_tuning.py: sampled M from the re-tune, the table above them, GEMV entries
+    kept where they fuse (qkv of a preset), pre = 2 on M = 1 stream entries only."""
+    mt = _merge_tuning()
+    st = dict(kernel="stream", kt=128, fn=1, warps_n=1, warps_k=8, split=1, bm=8)
+    o, qkv = "4096x4096", "12288x4096"  # llama-2-7b o and qkv
+    old_gemv = {"impl": "gemv", "params": G1, "paired": G2}
+    table = {"shapes": {
+        o: [dict(old_gemv, m_max=1), {"impl": "cublas", "params": {}, "m_max": 64},
+            {"impl": "cublas", "params": {}, "m_max": 1 << 30}],
+        qkv: [dict(old_gemv, m_max=2), {"impl": "cublas", "params": {}, "m_max": 1 << 30}]}}
+    recs = []
+    for key in (o, qkv):
+        n, k = map(int, key.split("x"))
+        for m in (1, 2, 4):
+            recs += [dict(N=n, K=k, M=m, impl="cublas", params={}, us=40.0),
+                     dict(N=n, K=k, M=m, impl="gemv", params=G1, us=38.0),
+                     dict(N=n, K=k, M=m, impl="flat", params=st, us=30.0)]
+    changes = mt.merge(recs, table)
+    rules = table["shapes"]
+    # o: the stream kernel everywhere it won, pre = 2 at M = 1 only, cuBLAS kept above M = 4
+    assert rules[o][0] == {"impl": "flat", "params": dict(st, pre=2), "m_max": 1}
+    assert rules[o][1] == {"impl": "flat", "params": st, "m_max": 4}
+    assert [r["impl"] for r in rules[o][2:]] == ["cublas"] and rules[o][2]["m_max"] == 1 << 30
+    # qkv: the fusing GEMV stays where it was (M <= 2), the re-tune's pick at M = 4
+    assert rules[qkv][0] == dict(old_gemv, m_max=2)
+    assert rules[qkv][1]["impl"] == "flat" and "pre" not in rules[qkv][1]["params"]
+    assert {(c[0], c[1]) for c in changes} == {(o, 1), (o, 2), (o, 4), (qkv, 4)}

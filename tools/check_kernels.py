@@ -135,8 +135,8 @@ VARIANTS += gemv_variants()
 
 def flat_variants() -> list[tuple[str, dict]]:
     """The flat GEMM's three kernels (gemm.flat): the smem build and a direct build with their
-    defaults, and every stream config of the shipped table at the BM it serves (8 or 16), with
-    one bias + residual bf16 build."""
+    defaults, and every stream config of the shipped table at the BM it serves (8 / 16 / 32),
+    with one bias + residual bf16 build."""
     table = json.loads((ROOT / "rawengine" / "tuning" / "NVIDIA_H100_80GB_HBM3.json").read_text())
     cfgs = set()
     for entries in table["shapes"].values():
@@ -144,14 +144,15 @@ def flat_variants() -> list[tuple[str, dict]]:
             for c in (e, e.get("fallback")):
                 p = (c or {}).get("params", {})
                 if c and c["impl"] == "flat" and p.get("kernel") == "stream":
-                    cfgs.add((p["bm"] // 8, p.get("fn", 1), p.get("warps_n", 8),
-                              p.get("warps_k", 1), p.get("kt", 128)))
+                    cfgs.add((p["bm"] // 8, p.get("fn", 1), p.get("warps_n", 1),
+                              p.get("warps_k", 8), p.get("kt", 128), p.get("pre", 1)))
     out = [("flat_gemm.cu", {"DIRECT": 0, "FM": 2, "FN": 1, "WARPS_N": 2, "WARPS_K": 4,
                              "BK": 128, "STAGES": 4}),
            ("flat_gemm.cu", {"DIRECT": 1, "FM": 1, "FN": 2, "WARPS_N": 1, "WARPS_K": 8,
                              "UNROLL": 2})]
     out += [("flat_gemm.cu", {"DIRECT": 2, "FM": fm, "FN": fn, "WARPS_N": wn, "WARPS_K": wk,
-                              "KT": kt}) for fm, fn, wn, wk, kt in sorted(cfgs)]
+                              "KT": kt, "PRE_TILES": pre})
+            for fm, fn, wn, wk, kt, pre in sorted(cfgs)]
     out.append(("flat_gemm.cu", {"DIRECT": 2, "FM": 1, "FN": 1, "WARPS_N": 1, "WARPS_K": 16,
                                  "KT": 128, "HAS_BIAS": 1, "HAS_RES": 1, "DTYPE_BF16": 1}))
     return out

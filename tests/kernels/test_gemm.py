@@ -93,13 +93,19 @@ FLAT_CFGS = [
     dict(kernel="direct", split=1),
     dict(kernel="direct", fn=2, warps_n=2, warps_k=2, unroll=2, split=3),
     dict(kernel="direct", bm=64, warps_n=4, warps_k=1, unroll=1),
-    # w streamed in row runs through per-warp shared tiles: K tails (K = 136: kt = 128 leaves
-    # one 16-byte chunk), split-K, bm > M, two row fragments
+    # w streamed in row runs through per-warp shared tiles, x copied per warp: K tails (K = 136:
+    # kt = 128 leaves one 16-byte chunk), split-K, bm > M (rows past M), two row groups, two row
+    # fragments; two tiles requested before the launch wait (pre 2)
     dict(kernel="stream"),
     dict(kernel="stream", kt=64, bm=16, warps_n=2, warps_k=4, split=3),
     dict(kernel="stream", kt=128, warps_n=1, warps_k=8, split=1),
     dict(kernel="stream", kt=128, fn=2, warps_n=2, warps_k=2, split=2),
     dict(kernel="stream", kt=256, warps_n=1, warps_k=4),
+    dict(kernel="stream", bm=16, kt=64, warps_n=1, warps_k=16, split=1),
+    dict(kernel="stream", bm=8, kt=128, warps_n=2, warps_k=4, split=2),
+    dict(kernel="stream", bm=16, kt=64, fn=2, warps_n=1, warps_k=8),
+    dict(kernel="stream", bm=8, kt=128, warps_n=1, warps_k=8, split=1, pre=2),
+    dict(kernel="stream", bm=16, kt=64, warps_n=2, warps_k=4, split=2, pre=2),
     dict(kernel="smem"),
     dict(kernel="smem", bm=8, split=1),
     dict(kernel="smem", bm=16, fn=2, warps_n=2, warps_k=2, bk=128, stages=3, split=2),

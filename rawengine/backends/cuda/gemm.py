@@ -31,6 +31,7 @@ import cupy as cp
 
 from rawengine.backends.cuda import cublas as libcublas
 from rawengine.backends.cuda.fixed_sum import REPLICAS, FixedSum, FixedSumPool
+from rawengine.tune import FUSED_MAX_M, FUSED_MAX_MNK  # fused pro/epilogues run up to these
 
 _TUNING_DIR = Path(__file__).resolve().parents[2] / "tuning"
 SMEM_MAX = 227 * 1024  # Hopper opt-in limit per block
@@ -170,8 +171,6 @@ def _gemv_launch(x, w, y, bias, residual, M: int, K: int, is_vec: bool, prologue
 # Fusion saves one ~2 us launch but puts a serial prologue in front of every block's weight
 # stream; it pays only where the product is launch bound (H100, docs/flat_gemm_notes.md v4:
 # SmolLM2 shapes gain 1.5-2 us each, Llama-3-8B gate_up / down lose 2-4 us).
-FUSED_MAX_M = 8
-FUSED_MAX_MNK = 1 << 24  # where the table picks gemv
 FUSED_SMALL_MNK = 1 << 22  # where it picks the flat GEMM (SmolLM2 down 576x1536 at M = 1)
 FUSED_SMALL_PARAMS = {"rows": 2, "warps": 8, "split": 1}  # split-K fix-up costs ~1 us here
 
@@ -423,23 +422,25 @@ def _set_smem(kern, smem: int, static: int = 0) -> None:
 
 def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int = 0, fn: int = 0,
          warps_n: int = 0, warps_k: int = 0, bk: int = 128, stages: int = 4, unroll: int = 0,
-         split: int = 0, kt: int = 128) -> None:
+         split: int = 0, kt: int = 128, pre: int = 1) -> None:
     """y = x @ w.T (+ bias) (+ residual) on tensor cores (mma.m16n8k16); needs K % 8 == 0.
 
     kernel 'direct': w fragments loaded straight from global memory (decode M);
     kernel 'stream': w streamed in row runs of kt * warps_k * 2 bytes through per-warp shared
-    tiles, x staged once per block (split is raised until it fits in shared memory);
+    tiles, x copied per warp and tile beside them; pre (1, 2): w tiles per warp requested
+    before the programmatic-launch wait;
     kernel 'smem': cp.async shared-memory pipeline (bk, stages).
     bm = 0: smallest of 8/16/32/64 covering M; 0 for warps/unroll/split: picked from the shape."""
     M, K = x.shape
     N = w.shape[0]
     direct, stream = kernel == "direct", kernel == "stream"
-    if bm <= 0:
+    if bm <= 0:  # the stream kernel's x tiles grow with bm: larger M takes more row groups
         bm = next((b for b in (8, 16, 32, 64) if b >= M), 64)
+        bm = min(bm, 32) if stream else bm
     # defaults: the configs with the smallest geomean loss over the H100 tuning runs
     fn = fn or (2 if direct else 1)
-    warps_n = warps_n or (1 if direct else 8 if stream else 2)
-    warps_k = warps_k or ((8 if bm <= 32 else 4) if direct else 1 if stream else 4)
+    warps_n = warps_n or (1 if direct or stream else 2)
+    warps_k = warps_k or ((8 if bm <= 32 else 4) if direct else 8 if stream else 4)
     unroll = unroll or 2
     bn = 16 * fn * warps_n
     c_tile = warps_k * bm * (bn + 4) * 4  # static C tile of the direct and stream kernels
@@ -450,9 +451,6 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
         target = (4 if direct else 2) * num_sms()
         split = max(1, min(cdiv(target, n_tiles * m_groups), k_steps // 2))
     split = min(split, k_steps)
-    while stream and split < k_steps and SMEM_MAX < c_tile + flat_stream_smem(
-            bm, fn, warps_n * warps_k, kt, cdiv(k_steps, split) * step):
-        split += 1  # the x slice, the w tiles and the static C tile must fit
     k_chunk = cdiv(k_steps, split) * step
     split = cdiv(K, k_chunk)
     ws, cnt = _scratch.get(split * M * N if split > 1 else 0, n_tiles * m_groups)
@@ -470,8 +468,10 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
                              "(kt in 64/128/256, fn * kt <= 256)")
         if c_tile > 48 * 1024:
             raise ValueError(f"flat stream: C tile of {warps_k}x{bm}x{bn} exceeds 48 KB")
-        defines["KT"] = kt
-        smem = flat_stream_smem(bm, fn, warps_n * warps_k, kt, k_chunk)
+        if pre not in (1, 2):
+            raise ValueError(f"flat stream: pre {pre} (1 or 2 tiles before the launch wait)")
+        defines.update(KT=kt, PRE_TILES=pre)
+        smem = flat_stream_smem(bm, fn, warps_n * warps_k, kt)
     else:
         defines.update(BK=bk, STAGES=stages)
         smem = flat_smem(bm, fn, warps_n, warps_k, bk, stages)
@@ -485,9 +485,9 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
          shared_mem=smem)
 
 
-def flat_stream_smem(bm: int, fn: int, warps: int, kt: int, k_chunk: int) -> int:
-    """Dynamic shared memory of flat_stream_kernel: the x slice and one w tile per warp."""
-    return bm * k_chunk * 2 + warps * 16 * fn * kt * 2
+def flat_stream_smem(bm: int, fn: int, warps: int, kt: int) -> int:
+    """Dynamic shared memory of flat_stream_kernel: per warp one w tile and two x tiles."""
+    return warps * (16 * fn + 2 * bm) * kt * 2
 
 
 def cublas(x, w, y, bias=None, residual=None) -> None:

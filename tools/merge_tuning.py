@@ -1,0 +1,95 @@
+"""Merge a partial re-tune into a shipped dispatch table (CPU; no GPU needed).
+
+    PYTHONPATH=. python tools/merge_tuning.py RECORDS.json TABLE.json OUT.json
+
+RECORDS.json: `rawengine tune ... --m <samples> --records RECORDS.json` (every timing).
+For each shape in the records: the sampled M take the re-tune's pick (tune.pick: our kernels
+need a 2% lead over cuBLAS); buckets of TABLE above the largest sampled M stay. Two policies
+on top, both from end-to-end runs on the H100 (docs/flat_gemm_notes.md, session 15):
+  - a GEMV entry at M <= 8 stays where the GEMV fuses a neighbouring op in decode steps
+    (RoPE + KV write into qkv, SiLU-mul into gate_up, norm / SiLU-mul prologues of products
+    with M*N*K <= 2^24): a saved launch is worth more than the 1-2% another kernel wins on
+    the plain product;
+  - an M = 1 flat stream entry requests two weight tiles before the launch wait (pre = 2):
+    at M = 1 the neighbouring kernels are short; at M = 4-8 it cost ~1% of Llama decode.
+Prints every changed (shape, M) choice.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rawengine import tune
+from rawengine.tune import FUSED_MAX_M, FUSED_MAX_MNK
+
+
+def roles() -> dict[str, set]:
+    """'NxK' -> the ops ({'qkv', 'down', ...}) that shape is in some preset."""
+    out: dict[str, set] = {}
+    for pre in tune.PRESETS.values():
+        for op, (n, k) in tune.shapes_for(*pre).items():
+            out.setdefault(f"{n}x{k}", set()).add(op)
+    return out
+
+
+def fuses(key: str, m: int, ops: set) -> bool:
+    n, k = map(int, key.split("x"))
+    return bool(ops & {"qkv", "gate_up"}) or ("down" in ops and m * n * k <= FUSED_MAX_MNK)
+
+
+def _choice_at(rules: list[dict], m: int) -> dict | None:
+    """The table's choice for M = m (its rule without m_max), None past the last bucket."""
+    e = next((e for e in rules if m <= e["m_max"]), None)
+    return None if e is None else {k: v for k, v in e.items() if k != "m_max"}
+
+
+def merge(records: list[dict], table: dict) -> list[tuple]:
+    by: dict[str, dict[int, list]] = {}
+    for r in records:
+        by.setdefault(f"{r['N']}x{r['K']}", {}).setdefault(r["M"], []).append(
+            (r["us"], r["impl"], r["params"]))
+    ops, changes = roles(), []
+    for key, per_m in by.items():
+        old_rules = table["shapes"].get(key, [])
+        best = []
+        for m, res in sorted(per_m.items()):
+            c, o = tune.pick(res), _choice_at(old_rules, m)
+            if (m <= FUSED_MAX_M and o is not None and o["impl"] == "gemv" and c["impl"] != "gemv"
+                    and fuses(key, m, ops.get(key, set()))):
+                c = o
+            if m == 1 and c["impl"] == "flat" and c["params"].get("kernel") == "stream":
+                c = dict(c, params=dict(c["params"], pre=2))
+            if c != o:
+                changes.append((key, m, o, c))
+            best.append((m, c))
+        top = max(per_m)
+        best += [(e["m_max"], {k: v for k, v in e.items() if k != "m_max"})
+                 for e in old_rules if e["m_max"] > top]
+        table["shapes"][key] = tune.merge_buckets(best)
+    return changes
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3:
+        print("usage: " + __doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    try:
+        records = json.loads(Path(argv[0]).read_text())
+        table = json.loads(Path(argv[1]).read_text())
+    except (OSError, ValueError) as e:
+        print(f"merge_tuning: {e}", file=sys.stderr)
+        return 1
+    for key, m, o, c in merge(records, table):
+        print(f"{key} M={m}: {o and o['impl']} {o and o.get('params')} -> {c['impl']} "
+              f"{c.get('params')}")
+    Path(argv[2]).write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
