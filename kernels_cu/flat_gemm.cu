@@ -47,8 +47,9 @@
 //   0. flat_stream_kernel, KT 128 x WARPS_K 8 (2 KB row runs, two 8-warp blocks per SM):
 //      M = 1..16-32 on most shapes (session 15: ahead of the M = 1 GEMV on o / down / lm_head;
 //      the GEMV keeps M = 1 where it fuses RoPE or SiLU-mul into qkv / gate_up).
-//   1. flat_direct_kernel / flat_gemm_kernel (BM = 16..32, BK = 128, WARPS_N = 2, WARPS_K =
-//      4): a few M = 24..32 cells, and the capture fallbacks of cuBLAS entries.
+//   1. flat_gemm_kernel (BM = 16..32, BK = 128, WARPS_N = 2, WARPS_K = 4): M = 9..32 on a few
+//      wide shapes (lm_head, gate_up); both it and flat_direct_kernel serve as the capture
+//      fallbacks of cuBLAS entries.
 //   2. M >= 24-64: cuBLAS (graph-capturable through ctypes).
 #include "common.cuh"
 #include "mma.cuh"
