@@ -291,14 +291,19 @@ def merge_buckets(best: list[tuple[int, dict]]) -> list[dict]:
     return rules
 
 
+def timings_by_shape(records: list[dict]) -> dict[str, dict[int, list]]:
+    """Saved timings (tune --records) -> {"NxK": {M: [(us, impl, params), ...]}}."""
+    by: dict[str, dict[int, list]] = {}
+    for r in records:
+        by.setdefault(f"{r['N']}x{r['K']}", {}).setdefault(r["M"], []).append(
+            (r["us"], r["impl"], r["params"]))
+    return by
+
+
 def rules_from_records(records: list[dict]) -> dict[str, list[dict]]:
     """Rebuild table entries {"NxK": rules} from saved timings (tune --records)."""
-    by: dict[tuple[int, int], dict[int, list]] = {}
-    for r in records:
-        by.setdefault((r["N"], r["K"]), {}).setdefault(r["M"], []).append(
-            (r["us"], r["impl"], r["params"]))
-    return {f"{n}x{k}": merge_buckets([(m, pick(res)) for m, res in sorted(per_m.items())])
-            for (n, k), per_m in by.items()}
+    return {key: merge_buckets([(m, pick(res)) for m, res in sorted(per_m.items())])
+            for key, per_m in timings_by_shape(records).items()}
 
 
 # Where gemm.py fuses a neighbouring op into a GEMV launch (a table entry of 'gemv' enables

@@ -41,19 +41,20 @@ def fuses(key: str, m: int, ops: set) -> bool:
     return bool(ops & {"qkv", "gate_up"}) or ("down" in ops and m * n * k <= FUSED_MAX_MNK)
 
 
+def _choice(rule: dict) -> dict:
+    """A table rule without its bucket bound: what tune.pick returns."""
+    return {k: v for k, v in rule.items() if k != "m_max"}
+
+
 def _choice_at(rules: list[dict], m: int) -> dict | None:
-    """The table's choice for M = m (its rule without m_max), None past the last bucket."""
+    """The table's choice for M = m, None past the last bucket."""
     e = next((e for e in rules if m <= e["m_max"]), None)
-    return None if e is None else {k: v for k, v in e.items() if k != "m_max"}
+    return None if e is None else _choice(e)
 
 
 def merge(records: list[dict], table: dict) -> list[tuple]:
-    by: dict[str, dict[int, list]] = {}
-    for r in records:
-        by.setdefault(f"{r['N']}x{r['K']}", {}).setdefault(r["M"], []).append(
-            (r["us"], r["impl"], r["params"]))
     ops, changes = roles(), []
-    for key, per_m in by.items():
+    for key, per_m in tune.timings_by_shape(records).items():
         old_rules = table["shapes"].get(key, [])
         best = []
         for m, res in sorted(per_m.items()):
@@ -67,8 +68,7 @@ def merge(records: list[dict], table: dict) -> list[tuple]:
                 changes.append((key, m, o, c))
             best.append((m, c))
         top = max(per_m)
-        best += [(e["m_max"], {k: v for k, v in e.items() if k != "m_max"})
-                 for e in old_rules if e["m_max"] > top]
+        best += [(e["m_max"], _choice(e)) for e in old_rules if e["m_max"] > top]
         table["shapes"][key] = tune.merge_buckets(best)
     return changes
 
