@@ -40,7 +40,8 @@
 //   flat_stream_kernel (DIRECT = 2)  w read like gemv.cu, in runs of WARPS_K * KT * 2 contiguous
 //       bytes per row, then registers -> per-warp shared tile -> ldmatrix -> mma; x copied per
 //       warp and tile with cp.async. Defines: KT (k per warp tile: 64/128/256), FN, FM,
-//       WARPS_N, WARPS_K (warps reading consecutive KT pieces of the same rows), PRE_TILES.
+//       WARPS_N, WARPS_K (warps reading consecutive KT pieces of the same rows), PRE_TILES,
+//       LATE_TRIGGER, EPILOGUE (+ HEAD_DIM: the paired epilogues of pair_epilogue.cuh).
 //       See below.
 //
 // Variants / when each wins (H100 tuning of 24 decode shapes, docs/flat_gemm_notes.md):
@@ -93,6 +94,9 @@
 #ifndef HAS_RES
 #define HAS_RES 0
 #endif
+#ifndef EPILOGUE
+#define EPILOGUE 0  // flat_stream_kernel: 1 RoPE + K/V write, 2 SiLU-mul (pair_epilogue.cuh)
+#endif
 
 #define BN (16 * FN * WARPS_N)
 #define NT (32 * WARPS_N * WARPS_K)
@@ -100,6 +104,10 @@
 #define CPAD 4           // fp32 pad per row of the C tile: 2 * (BN + 4) % 32 == 8, conflict-free
 
 typedef dtype_t T;  // common.cuh: bf16 with -DDTYPE_BF16=1, else half
+#if EPILOGUE && DIRECT != 2
+#error "only flat_stream_kernel (DIRECT 2) takes a paired epilogue"
+#endif
+#include "pair_epilogue.cuh"
 // element offset of (row, 16-byte chunk ch) in a [rows, BK] swizzled tile
 // element offset of (row, 16-byte chunk ch) in a [rows, stride] tile whose chunks are XOR-swizzled
 // by (row & 7), so eight rows' same chunk hit distinct banks (ldmatrix without conflicts)
@@ -128,16 +136,9 @@ __device__ __forceinline__ void zero_acc(float (&acc)[FN][FM][4]) {
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 }
 
-// Fragments -> fp32 C tile cs[wk][m][n] (c0: (n = g, m = 2t), c1: (g, 2t+1), c2/c3: n + 8),
-// sum over the WARPS_K warps, then either store y (split == 1) or park the partial in ws and
-// let the last split block of the tile reduce all partials and store y (its counter is reset
-// so graph replays work). Shared by both kernels.
-__device__ __forceinline__ void store_tile(const float (&acc)[FN][FM][4], float* cs,
-                                          unsigned& s_is_last, int tid, int wn, int wk, int g,
-                                          int t, int m0, int n0, int M, int N, int split, int s,
-                                          const T* __restrict__ bias, const T* res, T* y,
-                                          float* __restrict__ ws,
-                                          unsigned* __restrict__ counters) {
+// Fragments -> fp32 C tile cs[wk][m][n] (c0: (n = g, m = 2t), c1: (g, 2t+1), c2/c3: n + 8)
+__device__ __forceinline__ void acc_to_cs(const float (&acc)[FN][FM][4], float* cs, int wn,
+                                          int wk, int g, int t) {
 #pragma unroll
     for (int fn = 0; fn < FN; ++fn)
 #pragma unroll
@@ -150,7 +151,18 @@ __device__ __forceinline__ void store_tile(const float (&acc)[FN][FM][4], float*
             c[BN + CPAD + 8] = acc[fn][fm][3];
         }
     __syncthreads();
+}
 
+// acc_to_cs, sum over the WARPS_K warps, then either store y (split == 1) or park the partial
+// in ws and let the last split block of the tile reduce all partials and store y (its counter
+// is reset so graph replays work). Shared by the three kernels.
+__device__ __forceinline__ void store_tile(const float (&acc)[FN][FM][4], float* cs,
+                                          unsigned& s_is_last, int tid, int wn, int wk, int g,
+                                          int t, int m0, int n0, int M, int N, int split, int s,
+                                          const T* __restrict__ bias, const T* res, T* y,
+                                          float* __restrict__ ws,
+                                          unsigned* __restrict__ counters) {
+    acc_to_cs(acc, cs, wn, wk, g, t);
     for (int i = tid; i < BM * BN; i += NT) {
         const int m = i / BN, n = i % BN, gm = m0 + m, gn = n0 + n;
         float v = 0.f;
@@ -373,11 +385,25 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
 //   and a block reads each x byte once when WARPS_N = 1 (session 15: staging the block's whole
 //   x slice first, the session-14 build, lost in 191 of 192 tuned (shape, M) cells).
 //   Tiles are chunk-swizzled (swz_at).
+// EPILOGUE 1 / 2 (split 1, N % 16 == 0; 1: HEAD_DIM % (16 * FN) == 0): the pair epilogues of
+//   pair_epilogue.cuh. Fragment F of the block's rows then holds pairs 8F .. 8F + 7: its rows
+//   r < 8 are the pairs' first rows, r + 8 their partners, so after the WARPS_K sum a pair's
+//   two values sit in one C-tile column pair (n, n + 8) and one thread stores it.
 // Dynamic shared memory per warp: one w tile and two x tiles, (16 * FN + 2 * BM) * KT * 2 B.
 // PRE_TILES (1, 2): w tiles each warp requests before RE_PDL_WAIT. 2 pays at M = 1, where the
 // kernels around a linear are short; at M = 4-8 it cost ~1% of Llama decode (session 15).
 #ifndef PRE_TILES
 #define PRE_TILES 1
+#endif
+// LATE_TRIGGER 0: RE_PDL_TRIGGER right after RE_PDL_WAIT, as the other kernels: a chain of
+//   products overlaps the next one's launch and first weight tiles with this one's tail
+//   (~1 us a call in tools/bench_gemm.py). 1: after the weight stream, so the next kernel
+//   launches only as the last blocks finish. What model forwards use (gemm.late_trigger):
+//   there the early launch cost whole microseconds a layer (H100, session 16, Llama-3-8B
+//   batch 4 step graph: 5,508 -> 5,478 us, and 5,753 -> 5,431 us with SiLU-mul fused into
+//   gate_up, where the next kernel is the down product).
+#ifndef LATE_TRIGGER
+#define LATE_TRIGGER 0
 #endif
 #define LPR (KT / 8)         // lanes per w row in one load instruction
 #define RPI (32 / LPR)       // rows per load instruction
@@ -386,34 +412,52 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
 extern "C" __global__ void __launch_bounds__(NT)
 flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                    const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
-                   int M, int N, int K, int k_chunk) {
+                   int M, int N, int K, int k_chunk EPILOGUE_PARAMS) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ float cs[WARPS_K * BM * (BN + CPAD)];
+#if !EPILOGUE
     __shared__ unsigned s_is_last;
+    const int split = gridDim.y;
+#endif
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wn = warp % WARPS_N, wk = warp / WARPS_N;
     T* wt = reinterpret_cast<T*>(smem_raw) + warp * (16 * FN + 2 * BM) * KT;  // [16 * FN, KT]
     T* xt = wt + 16 * FN * KT;                                                 // 2 x [BM, KT]
     const int n0 = blockIdx.x * BN, m0 = blockIdx.z * BM;
-    const int split = gridDim.y, s = blockIdx.y;
+    const int s = blockIdx.y;
     const int k_begin = s * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
     const int num_tiles = k_end > k_begin ? (k_end - k_begin + KT - 1) / KT : 0;
 
-    // lane's piece of load instruction i: row i * RPI + lane / LPR of the warp's 16 * FN rows,
-    // 16-byte chunk lane % LPR; rows past N are not read (store_tile drops their outputs)
+    // lane's piece of load instruction i: logical row tr = i * RPI + lane / LPR of the warp's
+    // 16 * FN rows, 16-byte chunk lane % LPR; rows past N are not read (their outputs are
+    // dropped). Logical row 16 f + r (fragment f, r < 16) is physical row
+    //   row0 + f * FSTEP + (r & 7) + (r >> 3) * jump
+    // plain: row0 = the warp's first row, FSTEP 16, jump 8 (the identity); paired epilogue:
+    // row0 = the first row of the warp's first pair, FSTEP 8, jump = partner distance.
     const int lrow = lane / LPR, lch = lane % LPR;
-    const int r0 = n0 + wn * 16 * FN + lrow;
-    const T* wp = w + (size_t)min(r0, N - 1) * K + k_begin + 8 * lch;
-    const size_t row_step = (size_t)RPI * K;
+    const int r0 = n0 + wn * 16 * FN + lrow;  // logical
+#if EPILOGUE
+#define FSTEP 8
+    const int f0 = min(n0 + wn * 16 * FN, N - 16);  // N % 16 == 0 (host)
+    const int row0 = PAIR_ROW(f0), jump = PAIR_ROW(f0 + 1) - row0;
+#else
+#define FSTEP 16
+    const int row0 = min(n0 + wn * 16 * FN, N - 1), jump = 8;
+#endif
+    const T* wp = w + (size_t)(row0 + lrow) * K + k_begin + 8 * lch;
+    const size_t jump_k = (size_t)jump * K;
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     uint4 wb[2][NLD];  // two register tiles; every call passes a literal slot
     auto load = [&](int slot, int tile) {
         const bool ok = k_begin + tile * KT + 8 * lch < k_end;
 #pragma unroll
-        for (int i = 0; i < NLD; ++i)
-            wb[slot][i] = ok && r0 + i * RPI < N ? ld_stream16(wp + i * row_step + tile * KT)
-                                                 : zero;
+        for (int i = 0; i < NLD; ++i) {
+            const int tr = i * RPI;  // RPI divides 8: lrow never carries into bit 3
+            const size_t off = (size_t)((tr >> 4) * FSTEP + (tr & 7)) * K +
+                               ((tr & 8) ? jump_k : 0);
+            wb[slot][i] = ok && r0 + tr < N ? ld_stream16(wp + off + tile * KT) : zero;
+        }
     };
     // x piece [BM, KT] of tile -> the warp's x tile `slot`, lanes laid out as for w (row
     // i * RPI + lrow, chunk lch); rows past M and k past k_end are zero-filled
@@ -434,8 +478,24 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
     // so they stream while the previous kernel finishes
     if (wk < num_tiles) load(0, wk);
     if (PRE_TILES > 1 && wk + WARPS_K < num_tiles) load(1, wk + WARPS_K);
+#if EPILOGUE == 1 && RE_PDL_EARLY
+    // RoPE's step inputs for the thread's first pair (pair tid of the store loop below), like
+    // gemv.cu: loaded here they arrive during the main loop; at the store they were a chain of
+    // three dependent loads (slot, position, cos / sin) at every block's end
+    RopeAux aux0{1.f, 0.f, -1};
+    if (tid < BM * BN / 2) {
+        const int m = tid / (BN / 2), p = tid % (BN / 2), f = n0 + (p >> 3) * 16;
+        if (m0 + m < M && f < N) aux0 = ROPE_AUX(m0 + m, f + 2 * (p & 7));
+    }
+#define IS_PRE(i) ((i) < NT)
+#elif EPILOGUE == 1
+    const RopeAux aux0{1.f, 0.f, -1};
+#define IS_PRE(i) false
+#endif
     RE_PDL_WAIT();
+#if !LATE_TRIGGER
     RE_PDL_TRIGGER();
+#endif
     if (wk < num_tiles) load_x(0, wk);
     cp_async_commit();
     if (PRE_TILES > 1) {
@@ -488,8 +548,30 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
         compute(1);
     }
 
+#if LATE_TRIGGER
+    RE_PDL_TRIGGER();  // every block is past its weight stream: see LATE_TRIGGER above
+#endif
     const int g = lane >> 2, t = lane & 3;
+#if EPILOGUE
+    // sum over the WARPS_K warps; pair p of the block: fragment p / 8, C-tile columns n, n + 8
+    acc_to_cs(acc, cs, wn, wk, g, t);
+    for (int i = tid; i < BM * BN / 2; i += NT) {
+        const int m = i / (BN / 2), p = i % (BN / 2), gm = m0 + m;
+        const int n = (p >> 3) * 16 + (p & 7), f = n0 + (p >> 3) * 16;  // f: fragment's row
+        if (gm >= M || f >= N) continue;
+        float v0 = 0.f, v1 = 0.f;
+#pragma unroll 4  // full unrolling spilled the 16-warp kt 64 RoPE build on sm_80
+        for (int j = 0; j < WARPS_K; ++j) {
+            v0 += cs[(j * BM + m) * (BN + CPAD) + n];
+            v1 += cs[(j * BM + m) * (BN + CPAD) + n + 8];
+        }
+        PAIR_STORE(v0, v1, gm, f + 2 * (p & 7), IS_PRE(i), aux0);  // logical row of the pair
+    }
+#else
     store_tile(acc, cs, s_is_last, tid, wn, wk, g, t, m0, n0, M, N, split, s, bias, res, y, ws,
                counters);
+#endif
 }
+#undef FSTEP
+#undef IS_PRE
 #endif  // DIRECT == 2

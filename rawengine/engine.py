@@ -137,8 +137,9 @@ class Engine:
             self.greedy_tokens = self.graphs.tokens
         else:
             meta = self.to_meta(arrays, max(counts), int(arrays["seq_lens"].max()))
-            logits = self.model.forward(self.backend.asarray(ids, dtype="int32"), meta,
-                                        self.kv.layers)
+            with self.backend.in_forward():
+                logits = self.model.forward(self.backend.asarray(ids, dtype="int32"), meta,
+                                            self.kv.layers)
         for s, n in zip(seqs, counts):
             s.num_cached += n
         return logits

@@ -74,7 +74,8 @@ class DecodeGraphs:
                         max_query_len=1, max_seq_len=capacity, is_decode=True)
 
         def step():
-            logits = e.model.forward(views["ids"], meta, e.kv.layers)
+            with b.in_forward():
+                logits = e.model.forward(views["ids"], meta, e.kv.layers)
             # the argmax lands in the ids view: the next step's input when decode is pipelined
             # (the host reads it before it writes new ids: both are ordered on the stream)
             b.argmax(logits, out=views["ids"], host_out=ring, host_slot=views["host_slot"])

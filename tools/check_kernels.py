@@ -155,6 +155,29 @@ def flat_variants() -> list[tuple[str, dict]]:
             for fm, fn, wn, wk, kt, pre in sorted(cfgs)]
     out.append(("flat_gemm.cu", {"DIRECT": 2, "FM": 1, "FN": 1, "WARPS_N": 1, "WARPS_K": 16,
                                  "KT": 128, "HAS_BIAS": 1, "HAS_RES": 1, "DTYPE_BF16": 1}))
+    # the paired epilogues as model forwards build them (late trigger): every stream config
+    # the table serves a qkv (RoPE, D 128 with bias as qwen2) or gate_up (SiLU-mul) shape with
+    from rawengine import tune
+
+    paired = {}
+    for pre in tune.PRESETS.values():
+        for op, (n, k) in tune.shapes_for(*pre).items():
+            if op in ("qkv", "gate_up"):
+                paired.setdefault(f"{n}x{k}", set()).add(op)
+    epi = set()
+    for key, ops in paired.items():
+        for e in table["shapes"].get(key, []):
+            p = e["params"]
+            if e["impl"] == "flat" and p.get("kernel") == "stream":
+                for op in ops:
+                    epi.add((op, p["bm"] // 8, p.get("fn", 1), p.get("warps_k", 8),
+                             p.get("kt", 128), p.get("pre", 1)))
+    for op, fm, fn, wk, kt, pre in sorted(epi):
+        d = {"DIRECT": 2, "FM": fm, "FN": fn, "WARPS_N": 1, "WARPS_K": wk, "KT": kt,
+             "PRE_TILES": pre, "LATE_TRIGGER": 1}
+        d.update({"EPILOGUE": 1, "HEAD_DIM": 128, "HAS_BIAS": 1} if op == "qkv" else
+                 {"EPILOGUE": 2})
+        out.append(("flat_gemm.cu", d))
     return out
 
 

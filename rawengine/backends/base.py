@@ -14,6 +14,7 @@ block_id * BS + p % BS.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -75,6 +76,11 @@ class Backend:
         """Capture fn() (our kernels only) and return a callable that replays it and
         returns fn's output arrays, which stay at fixed addresses."""
         raise NotImplementedError
+
+    def in_forward(self):
+        """Context around a whole model forward (engine steps, captured decode steps): a
+        backend may launch its kernels differently inside a chain it knows is a model's."""
+        return contextlib.nullcontext()
 
     # --- ops --------------------------------------------------------------------
     def embedding(self, ids: Array, table: Array) -> Array:

@@ -134,6 +134,29 @@ def test_flat(M, N, K, cfg):
     check(y, ref, "fp16")
 
 
+@pytest.mark.parametrize("M", [1, 5, 13])
+@pytest.mark.parametrize("cfg", [4, 5, 7, 11, 13])
+def test_flat_stream_late_trigger(cfg, M):
+    """The stream kernel as model forwards launch it (gemm.late_trigger: RE_PDL_TRIGGER after
+    the weight stream): same results, split-K and bias + residual included; the mode is
+    restored on exit and CudaBackend.in_forward enters it."""
+    from rawengine.backends.cuda.backend import CudaBackend
+
+    N, K = 200, 1000
+    c = FLAT_CFGS[cfg]
+    assert c["kernel"] == "stream"
+    x, w, b, r, ref = make(M, N, K, "fp16", bias=True, res=True)
+    y = poisoned((M, N), "fp16")
+    with gemm.late_trigger():
+        assert gemm._late_trigger
+        gemm.flat(x, w, y, b, r, **c)
+    assert not gemm._late_trigger
+    check(y, ref, "fp16")
+    with CudaBackend("float16").in_forward():
+        assert gemm._late_trigger
+    assert not gemm._late_trigger
+
+
 @pytest.mark.parametrize("impl", ["gemv", "flat", "flat_smem", "flat_stream", "cublas"])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 @pytest.mark.parametrize("M", [1, 5, 13])

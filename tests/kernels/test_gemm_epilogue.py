@@ -1,7 +1,8 @@
-"""GEMV output epilogues on an unfused x (gemv.cu PROLOGUE 0 + EPILOGUE 1 / 2) and SiLU-and-mul
-with the norm prologue (PROLOGUE 1 + EPILOGUE 2): gemm.linear_silu, gemm.norm_linear_silu,
-gemm.linear_rope, and the CudaBackend ops that pick them (norm_linear_silu, norm_linear_rope on
-products too big for the norm prologue) against the NumPy backend.
+"""Paired output epilogues on an unfused x (pair_epilogue.cuh: gemv.cu PROLOGUE 0 + EPILOGUE 1 /
+2, and flat_gemm.cu's stream kernel with EPILOGUE 1 / 2) and SiLU-and-mul with the norm prologue
+(PROLOGUE 1 + EPILOGUE 2): gemm.linear_silu, gemm.norm_linear_silu, gemm.linear_rope, and the
+CudaBackend ops that pick them (norm_linear_silu, norm_linear_rope on products too big for the
+norm prologue) against the NumPy backend.
 
 Pass rule (STYLE.md, as test_gemm_fused.py): max|out - ref| <= 2 * max|ref_lowp - ref| +
 1e-5 * max|ref|; ref in float64 on the fp16/bf16 inputs, ref_lowp with the unfused ops'
@@ -29,6 +30,12 @@ EPS = 1e-5
 # gemv configs: rows 2 (pairs in one warp), rows 1 (raised to 2), split-K fix-up, 16 warps
 CFGS = [dict(), dict(rows=1, warps=8, split=1), dict(rows=4, warps=4, unroll=2, split=3),
         dict(rows=2, warps=16, unroll=4, split=1), dict(rows=1, warps=8, unroll=4, split=1, stages=4)]
+# flat stream configs (pairs by fragment): the shipped kinds, fn 2 (two fragments a warp, a
+# block past N), kt 64 with 16 warps, bm 16 / 32 for M > 8, pre 2
+STREAM = [dict(kernel="stream", kt=128, fn=1, warps_n=1, warps_k=8, split=1),
+          dict(kernel="stream", kt=64, fn=2, warps_n=1, warps_k=8, split=1),
+          dict(kernel="stream", kt=64, fn=1, warps_n=1, warps_k=16, split=1, pre=2),
+          dict(kernel="stream", kt=64, fn=2, warps_n=1, warps_k=8, split=1, bm=32)]
 
 
 def swiglu_ref(h64, w64, dtype):
@@ -52,6 +59,31 @@ def test_linear_silu(M, K, inter, dtype, cfg):
     check(act, *swiglu_ref(x64, w64, dtype), dtype, "act")
 
 
+@pytest.mark.parametrize("cfg", range(len(STREAM)))
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("M,K,inter", [(1, 576, 1536), (13, 1000, 344), (8, 4096, 344),
+                                       (3, 1000, 72), (24, 2048, 1024)])
+def test_linear_silu_stream(M, K, inter, dtype, cfg):
+    """The stream kernel's SiLU-mul pairs: gate row i and up row i in one fragment (inter %
+    8 == 0); K not a multiple of the warp tile; M past the 8-row x tile."""
+    x, x64 = lowp(rng.standard_normal((M, K)), dtype)
+    w, w64 = lowp(rng.standard_normal((2 * inter, K)) / np.sqrt(K), dtype)
+    act = poisoned((M, inter), dtype)
+    assert gemm.linear_silu(x, w, out=act, params=STREAM[cfg]) is act
+    check(act, *swiglu_ref(x64, w64, dtype), dtype, "act")
+
+
+def test_stream_pairs_need_whole_fragments():
+    """Shapes the stream kernel cannot pair return None (the caller runs the unfused ops)."""
+    def zeros(*shape):
+        return cp.zeros(shape, cp.float16)
+
+    assert gemm.linear_silu(zeros(2, 1000), zeros(200, 1000), params=STREAM[0]) is None  # 100 % 8
+    assert gemm.linear_silu(zeros(2, 1001), zeros(192, 1001), params=STREAM[0]) is None  # K % 8
+    assert gemm.linear_silu(zeros(2, 1000), zeros(192, 1000),
+                            params=dict(STREAM[0], split=2)) is None  # split-K
+
+
 @pytest.mark.parametrize("cfg", range(len(CFGS)))
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 @pytest.mark.parametrize("M,K,has_res", [(1, 576, True), (3, 1000, False), (8, 4096, True)])
@@ -72,10 +104,10 @@ def test_norm_linear_silu(M, K, has_res, dtype, cfg):
         check(r_out, r, round_lowp(r, dtype), dtype, "r")
 
 
-@pytest.mark.parametrize("cfg", range(len(CFGS)))
+@pytest.mark.parametrize("cfg", range(len(CFGS) + len(STREAM)))
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 @pytest.mark.parametrize("heads,D", [((9, 3), 64), ((32, 8), 128)])
-@pytest.mark.parametrize("M", [1, 5])
+@pytest.mark.parametrize("M", [1, 5, 13])
 def test_linear_rope(M, heads, D, dtype, cfg):
     """linear_rope(h) == rope_kv_write(h @ w.T + b): q out, K/V into NaN-poisoned caches
     (slot -1 is a padding token whose K/V must not be written)."""
@@ -99,7 +131,8 @@ def test_linear_rope(M, heads, D, dtype, cfg):
     kc, vc = poisoned((NB, Hkv, BS, D), dtype), poisoned((NB, Hkv, BS, D), dtype)
     q = poisoned((M, Hq, D), dtype)
     got = gemm.linear_rope(h, w, b, cp.asarray(positions), cp.asarray(slots), cp.asarray(cos),
-                           cp.asarray(sin), kc, vc, Hq, Hkv, D, out=q, params=CFGS[cfg])
+                           cp.asarray(sin), kc, vc, Hq, Hkv, D, out=q,
+                           params=(CFGS + STREAM)[cfg])
     assert got is q
     ref_be, live = NumpyBackend(), slots >= 0
     outs = []
@@ -116,16 +149,35 @@ def test_linear_rope(M, heads, D, dtype, cfg):
         check_rope((q, kc, vc)[i], outs[0][i], outs[1][i], dtype, name)
 
 
-def test_dispatch_rule():
-    """Epilogues apply wherever the table serves the product with the GEMV at M <= 8, however
-    big (no serial prologue to pay for), and never where it picks another implementation."""
+def test_dispatch_rule(tmp_path, monkeypatch):
+    """Epilogues ride on the table's choice however big the product (no serial prologue to pay
+    for): the GEMV at M <= 8 (rows made even), the stream kernel at any M; never cuBLAS."""
+    import json
+
     def zeros(*shape):
         return cp.zeros(shape, cp.float16)
 
-    assert gemm._epilogue_params(1, 28672, 4096) is not None  # Llama-3-8B gate_up at M = 1
-    assert gemm._epilogue_params(1, 28672, 4096)["rows"] % 2 == 0
-    assert gemm._epilogue_params(16, 28672, 4096) is None
-    assert gemm.linear_silu(zeros(16, 4096), zeros(28672, 4096)) is None
+    gemv_odd = dict(rows=1, warps=8, split=1)
+    rules = {"4096x512": [dict(impl="gemv", params=gemv_odd, m_max=1),
+                          dict(impl="flat", params=STREAM[1], m_max=16),
+                          dict(impl="gemv", params=gemv_odd, m_max=24),
+                          dict(impl="cublas", params={}, m_max=8192)]}
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "t.json").write_text(json.dumps(dict(gpu=gemm.gpu_name(),
+                                                                 shapes=rules)))
+    monkeypatch.setenv("RAWENGINE_CACHE", str(tmp_path))
+    gemm.reload_tables()
+    try:
+        assert gemm._epilogue_choice(1, 4096, 512) == ("gemv", dict(gemv_odd, rows=2))
+        assert gemm._epilogue_choice(16, 4096, 512) == ("flat", STREAM[1])
+        assert gemm._epilogue_choice(20, 4096, 512) is None  # GEMV past FUSED_MAX_M
+        assert gemm._epilogue_choice(32, 4096, 512) is None  # cuBLAS
+        x, w = zeros(16, 512), zeros(4096, 512)
+        assert gemm.linear_silu(x, w) is not None
+        assert gemm.linear_silu(zeros(32, 512), w) is None
+    finally:
+        monkeypatch.undo()
+        gemm.reload_tables()
     assert gemm.linear_silu(zeros(1, 4096), zeros(28671, 4096)) is None  # odd N: no pairs
 
 
@@ -145,8 +197,8 @@ def test_odd_rows_table_choice_uses_its_paired_params(tmp_path, monkeypatch):
     monkeypatch.setenv("RAWENGINE_CACHE", str(tmp_path))
     gemm.reload_tables()
     try:
-        assert gemm._epilogue_params(1, 96, 64) == paired
-        assert gemm._epilogue_params(1, 98, 64) == dict(odd, rows=2)
+        assert gemm._epilogue_choice(1, 96, 64) == ("gemv", paired)
+        assert gemm._epilogue_choice(1, 98, 64) == ("gemv", dict(odd, rows=2))
         assert gemm._even_rows(dict(rows=1, warps=8), 1, 96, 64) == dict(rows=2, warps=8)
         x = cp.asarray(rng.standard_normal((1, 64)), cp.float16)
         w = cp.asarray(rng.standard_normal((96, 64)) / 8, cp.float16)

@@ -22,6 +22,7 @@ default rule `default_choice` applies.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -314,27 +315,53 @@ def _rope_epilogue(x, w, positions, slot_mapping, cos, sin, k_cache, v_cache, nu
     return dict(EPILOGUE=1, HEAD_DIM=D), args
 
 
-def _epilogue_params(M: int, N: int, K: int) -> dict | None:
-    """gemv params for a fused epilogue on an unfused x (no prologue), or None. An epilogue
-    adds no serial work in front of the weight stream, so unlike the prologues it pays at
-    any size: it applies wherever the table serves this product with the GEMV."""
-    if not 1 <= M <= FUSED_MAX_M:
+def _epilogue_choice(M: int, N: int, K: int) -> tuple[str, dict] | None:
+    """(impl, params) for a paired epilogue on an unfused x (no prologue), or None. An
+    epilogue adds no serial work in front of the weight stream, so unlike the prologues it
+    pays at any size: it rides on the table's choice wherever that can carry it: the GEMV
+    at M <= FUSED_MAX_M (rows made even), the stream kernel without split-K at any M."""
+    if M < 1:
         return None
     impl, params = choose(M, N, K, capturing=True)
-    return _even_rows(params, M, N, K) if impl == "gemv" else None
+    if impl == "gemv" and M <= FUSED_MAX_M:
+        return impl, _even_rows(params, M, N, K)
+    if impl == "flat" and params.get("kernel") == "stream" and params.get("split", 1) == 1:
+        return impl, params
+    return None
+
+
+def _stream_pairs_ok(N: int, K: int, params: dict, epilogue: dict, *arrays) -> bool:
+    """flat_stream_kernel can run this paired epilogue (flat_gemm.cu): whole fragments of
+    pairs (N % 16, RoPE heads of whole warps' rows), no split-K, 16-byte rows."""
+    fn = params.get("fn", 1)
+    return (params.get("kernel") == "stream" and params.get("split", 1) == 1 and N % 16 == 0
+            and (epilogue["EPILOGUE"] != 1 or epilogue["HEAD_DIM"] % (16 * fn) == 0)
+            and _vec_ok(K, *arrays))
 
 
 def _epilogue_launch(x, w, bias, y_shape, out, params, epilogue: dict, epilogue_args: tuple):
-    """A PROLOGUE 0 gemv launch with a paired epilogue; None if the inputs do not fit it."""
+    """A paired epilogue on x @ w.T: a PROLOGUE 0 gemv launch or flat_stream_kernel (params
+    with a 'kernel' are flat's); params None: the table's choice. None if it does not fit."""
     M, K = x.shape
+    N = w.shape[0]
     if w.shape[1] != K or not _is_lowp(*([x, w] + ([bias] if bias is not None else []))):
         return None
-    params = (_epilogue_params(M, w.shape[0], K) if params is None
-              else _even_rows(params, M, w.shape[0], K))
     if params is None:
-        return None
+        choice = _epilogue_choice(M, N, K)
+        if choice is None:
+            return None
+        impl, params = choice
+    else:
+        impl = "flat" if "kernel" in params else "gemv"
+        params = params if impl == "flat" else _even_rows(params, M, N, K)
     x, w = cp.ascontiguousarray(x), cp.ascontiguousarray(w)
     b = cp.ascontiguousarray(bias) if bias is not None else None
+    if impl == "flat":
+        if not _stream_pairs_ok(N, K, params, epilogue, x, w):
+            return None
+        y = _dest(out, y_shape, x.dtype)
+        flat(x, w, y, b, epilogue=epilogue, epilogue_args=epilogue_args, **params)
+        return y
     y = _dest(out, y_shape, x.dtype)
     _gemv_launch(x, w, y, b, None, M, K, _vec_ok(K, x, w), epilogue, epilogue_args, **params)
     return y
@@ -344,11 +371,12 @@ def linear_rope(x, w, bias, positions, slot_mapping, cos, sin, k_cache, v_cache,
                 num_q_heads: int, num_kv_heads: int, head_dim: int, *, out=None,
                 params: dict | None = None):
     """The decode qkv product of an already normalised x with RoPE and the paged K/V write in
-    the GEMV's output (gemv.cu EPILOGUE 1, no prologue), one launch instead of linear +
-    rope_kv_write. For products too big for norm_linear_rope (whose serial RMSNorm staging
-    costs more than the launch it saves there). Arguments as norm_linear_rope. Returns q
-    [M, Hq, D], or None where it does not apply (M > FUSED_MAX_M, the table does not pick the
-    GEMV, other shapes or dtypes): the caller runs linear + rope_kv_write."""
+    its output (pair_epilogue.cuh EPILOGUE 1 in the GEMV, no prologue, or in the flat stream
+    kernel), one launch instead of linear + rope_kv_write. For products too big for
+    norm_linear_rope (whose serial RMSNorm staging costs more than the launch it saves
+    there). Arguments as norm_linear_rope; params: gemv's, or flat's with a 'kernel'. Returns
+    q [M, Hq, D], or None where it does not apply (the table's choice cannot carry it:
+    _epilogue_choice; other shapes or dtypes): the caller runs linear + rope_kv_write."""
     rope = _rope_epilogue(x, w, positions, slot_mapping, cos, sin, k_cache, v_cache,
                           num_q_heads, num_kv_heads, head_dim)
     if rope is None:
@@ -370,8 +398,9 @@ def norm_linear_silu(x, residual, norm_w, eps: float, w, *, out=None, r_out=None
 
 
 def linear_silu(x, w, *, out=None, params: dict | None = None):
-    """The decode gate_up product with SiLU-and-mul in the GEMV's output (gemv.cu EPILOGUE 2,
-    no prologue), one launch instead of linear + silu_mul: [g | u] = x @ w.T rounded to x's
+    """The decode gate_up product with SiLU-and-mul in its output (pair_epilogue.cuh EPILOGUE 2
+    in the GEMV or the flat stream kernel, no prologue), one launch instead of linear +
+    silu_mul: [g | u] = x @ w.T rounded to x's
     dtype, returns silu(g) * u [M, N / 2]; or None where it does not apply (as linear_rope):
     the caller runs linear + silu_mul."""
     if x.ndim != 2 or w.ndim != 2 or w.shape[0] % 2:
@@ -405,6 +434,23 @@ def silu_mul_linear(gate_up, w, bias=None, *, out=None, params: dict | None = No
     return y
 
 
+_late_trigger = False
+
+
+@contextlib.contextmanager
+def late_trigger(on: bool = True):
+    """Stream-kernel launches inside let the next kernel launch only after their weight
+    stream (flat_gemm.cu LATE_TRIGGER), not at their start. Model forwards run inside it
+    (CudaBackend.in_forward): there the early launch cost up to 7 us a layer; a bare chain
+    of products (tools/bench_gemm.py, the tuner) gains ~1 us a call from it."""
+    global _late_trigger
+    prev, _late_trigger = _late_trigger, on
+    try:
+        yield
+    finally:
+        _late_trigger = prev
+
+
 def flat_smem(bm: int, fn: int, warps_n: int, warps_k: int, bk: int, stages: int) -> int:
     bn = 16 * fn * warps_n
     return max(stages * (bn + bm) * bk * 2, warps_k * bm * (bn + 4) * 4)
@@ -422,7 +468,8 @@ def _set_smem(kern, smem: int, static: int = 0) -> None:
 
 def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int = 0, fn: int = 0,
          warps_n: int = 0, warps_k: int = 0, bk: int = 128, stages: int = 4, unroll: int = 0,
-         split: int = 0, kt: int = 128, pre: int = 1) -> None:
+         split: int = 0, kt: int = 128, pre: int = 1, epilogue: dict | None = None,
+         epilogue_args: tuple = ()) -> None:
     """y = x @ w.T (+ bias) (+ residual) on tensor cores (mma.m16n8k16); needs K % 8 == 0.
 
     kernel 'direct': w fragments loaded straight from global memory (decode M);
@@ -430,7 +477,9 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
     tiles, x copied per warp and tile beside them; pre (1, 2): w tiles per warp requested
     before the programmatic-launch wait;
     kernel 'smem': cp.async shared-memory pipeline (bk, stages).
-    bm = 0: smallest of 8/16/32/64 covering M; 0 for warps/unroll/split: picked from the shape."""
+    bm = 0: smallest of 8/16/32/64 covering M; 0 for warps/unroll/split: picked from the shape.
+    epilogue, epilogue_args: a paired epilogue of the stream kernel (pair_epilogue.cuh defines
+    and extra args; split 1, no residual; y is then the epilogue's output)."""
     M, K = x.shape
     N = w.shape[0]
     direct, stream = kernel == "direct", kernel == "stream"
@@ -451,6 +500,11 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
         target = (4 if direct else 2) * num_sms()
         split = max(1, min(cdiv(target, n_tiles * m_groups), k_steps // 2))
     split = min(split, k_steps)
+    if epilogue:
+        if not stream or split > 1 or residual is not None:
+            raise ValueError("flat: a paired epilogue needs the stream kernel, split 1 and no "
+                             "residual")
+        split = 1
     k_chunk = cdiv(k_steps, split) * step
     split = cdiv(K, k_chunk)
     ws, cnt = _scratch.get(split * M * N if split > 1 else 0, n_tiles * m_groups)
@@ -470,7 +524,7 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
             raise ValueError(f"flat stream: C tile of {warps_k}x{bm}x{bn} exceeds 48 KB")
         if pre not in (1, 2):
             raise ValueError(f"flat stream: pre {pre} (1 or 2 tiles before the launch wait)")
-        defines.update(KT=kt, PRE_TILES=pre)
+        defines.update(KT=kt, PRE_TILES=pre, LATE_TRIGGER=int(_late_trigger), **(epilogue or {}))
         smem = flat_stream_smem(bm, fn, warps_n * warps_k, kt)
     else:
         defines.update(BK=bk, STAGES=stages)
@@ -481,7 +535,7 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
     _set_smem(kern, smem, c_tile if stream else 0)
     kern((n_tiles, split, m_groups), (32 * warps_n * warps_k,),
          (x, w, bias if bias is not None else w, residual if residual is not None else y, y,
-          ws, cnt, cp.int32(M), cp.int32(N), cp.int32(K), cp.int32(k_chunk)),
+          ws, cnt, cp.int32(M), cp.int32(N), cp.int32(K), cp.int32(k_chunk)) + epilogue_args,
          shared_mem=smem)
 
 
