@@ -11,6 +11,9 @@ rounding (gate_up / qkv rounded once, the activation rounded once). Outputs NaN-
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import numpy as np
 import pytest
 from test_gemm import lowp, poisoned, round_lowp
@@ -149,11 +152,24 @@ def test_linear_rope(M, heads, D, dtype, cfg):
         check_rope((q, kc, vc)[i], outs[0][i], outs[1][i], dtype, name)
 
 
+@contextlib.contextmanager
+def user_table(tmp_path, monkeypatch, rules: dict):
+    """gemm's tables with a user table of these rules (RAWENGINE_CACHE) for this GPU."""
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "t.json").write_text(json.dumps(dict(gpu=gemm.gpu_name(),
+                                                                 shapes=rules)))
+    monkeypatch.setenv("RAWENGINE_CACHE", str(tmp_path))
+    gemm.reload_tables()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        gemm.reload_tables()
+
+
 def test_dispatch_rule(tmp_path, monkeypatch):
     """Epilogues ride on the table's choice however big the product (no serial prologue to pay
     for): the GEMV at M <= 8 (rows made even), the stream kernel at any M; never cuBLAS."""
-    import json
-
     def zeros(*shape):
         return cp.zeros(shape, cp.float16)
 
@@ -162,12 +178,7 @@ def test_dispatch_rule(tmp_path, monkeypatch):
                           dict(impl="flat", params=STREAM[1], m_max=16),
                           dict(impl="gemv", params=gemv_odd, m_max=24),
                           dict(impl="cublas", params={}, m_max=8192)]}
-    (tmp_path / "tuning").mkdir()
-    (tmp_path / "tuning" / "t.json").write_text(json.dumps(dict(gpu=gemm.gpu_name(),
-                                                                 shapes=rules)))
-    monkeypatch.setenv("RAWENGINE_CACHE", str(tmp_path))
-    gemm.reload_tables()
-    try:
+    with user_table(tmp_path, monkeypatch, rules):
         assert gemm._epilogue_choice(1, 4096, 512) == ("gemv", dict(gemv_odd, rows=2))
         assert gemm._epilogue_choice(16, 4096, 512) == ("flat", STREAM[1])
         assert gemm._epilogue_choice(20, 4096, 512) is None  # GEMV past FUSED_MAX_M
@@ -175,9 +186,6 @@ def test_dispatch_rule(tmp_path, monkeypatch):
         x, w = zeros(16, 512), zeros(4096, 512)
         assert gemm.linear_silu(x, w) is not None
         assert gemm.linear_silu(zeros(32, 512), w) is None
-    finally:
-        monkeypatch.undo()
-        gemm.reload_tables()
     assert gemm.linear_silu(zeros(1, 4096), zeros(28671, 4096)) is None  # odd N: no pairs
 
 
@@ -185,18 +193,11 @@ def test_odd_rows_table_choice_uses_its_paired_params(tmp_path, monkeypatch):
     """A table GEMV with odd rows serves paired epilogues with the rule's 'paired' params (the
     fastest even-rows config the tuner timed); given params, and rules without 'paired', get
     rows + 1."""
-    import json
-
     paired = dict(rows=2, warps=4, unroll=8, split=1)
     odd = dict(rows=1, warps=16, unroll=2, split=1)
     rules = {"96x64": [dict(impl="gemv", params=odd, paired=paired, m_max=1)],
              "98x64": [dict(impl="gemv", params=odd, m_max=1)]}
-    (tmp_path / "tuning").mkdir()
-    (tmp_path / "tuning" / "t.json").write_text(json.dumps(dict(gpu=gemm.gpu_name(),
-                                                                 shapes=rules)))
-    monkeypatch.setenv("RAWENGINE_CACHE", str(tmp_path))
-    gemm.reload_tables()
-    try:
+    with user_table(tmp_path, monkeypatch, rules):
         assert gemm._epilogue_choice(1, 96, 64) == ("gemv", paired)
         assert gemm._epilogue_choice(1, 98, 64) == ("gemv", dict(odd, rows=2))
         assert gemm._even_rows(dict(rows=1, warps=8), 1, 96, 64) == dict(rows=2, warps=8)
@@ -206,9 +207,6 @@ def test_odd_rows_table_choice_uses_its_paired_params(tmp_path, monkeypatch):
         gu = cp.asnumpy(x).astype(np.float64) @ cp.asnumpy(w).astype(np.float64).T  # [g | u]
         ref = silu64(gu[:, :48]) * gu[:, 48:]
         assert np.abs(cp.asnumpy(act).astype(np.float64) - ref).max() < 2e-2
-    finally:
-        monkeypatch.undo()
-        gemm.reload_tables()
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
