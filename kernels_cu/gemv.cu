@@ -39,23 +39,13 @@
 //               output, mlp.cu), rounded to T as the unfused down GEMV stores its output.
 //   PROLOGUE 2: SiLU-and-mul.  x is gate_up [M, 2K] = [g | u]; stages silu(g) * u rounded to T.
 //
-// Paired epilogues (pair_epilogue.cuh, shared with flat_gemm.cu's stream kernel):
-// Epilogue (EPILOGUE 1, decode qkv only; HEAD_DIM = D, ROWS even, HAS_RES 0): RoPE + paged K/V
-// write of rope.cu fused into the output. w is [q | k | v] heads of D rows. Logical row n
-// (head = n / D, j = n % D) is computed from physical row head*D + (j>>1) + (j&1)*D/2, so the
-// two rows of each rotation pair (i, i + D/2) are logical rows 2i, 2i+1 of one warp (split 1)
-// or one fix-up thread (split-K; ws holds logical rows). Each pair: + bias, rounded to T (as
-// the unfused GEMV), rotated with cos/sin[positions[m], i] for q and k heads, then q -> y
-// ([M, Hq, D]), k, v -> k_cache, v_cache [NB, Hkv, BS, D] at slot_mapping[m] (slot < 0: padding,
-// not written). Extra args: positions [M], slot_mapping [M] int32, cos, sin [max_pos, D/2]
-// float32, k_cache, v_cache, Hq, Hkv, BS.
-//
-// Epilogue (EPILOGUE 2, decode gate_up; ROWS even, no HAS_BIAS / HAS_RES): SiLU-and-mul of
-// activation.cu fused into the output, so the [M, 2I] gate_up never reaches memory. w is
-// [gate | up], N = 2I rows; logical row n is physical row (n & 1) * I + (n >> 1), so gate row i
-// and up row i are logical rows 2i, 2i+1 of one warp (or one fix-up thread). Each pair: g, u
-// rounded to T (as the unfused GEMV stores them), y[m, i] = silu(g) * u rounded to T, with y
-// [M, I]. No extra args.
+// Paired epilogues (pair_epilogue.cuh, shared with flat_gemm.cu's stream kernel; ROWS even,
+// no HAS_RES): EPILOGUE 1 RoPE + paged K/V write into the decode qkv (HEAD_DIM = D; extra
+// args positions [M], slot_mapping [M] int32, cos, sin [max_pos, D/2] float32, k_cache,
+// v_cache, Hq, Hkv, BS), EPILOGUE 2 SiLU-and-mul into the decode gate_up (no HAS_BIAS, no
+// extra args; the [M, 2I] gate_up never reaches memory). The two rows of a pair are logical
+// rows 2i, 2i + 1 (PAIR_ROW) of one warp (split 1) or one fix-up thread (split-K; ws holds
+// logical rows), stored together by PAIR_STORE.
 //
 // Weight streaming (STAGES):
 //   0  each lane loads UNROLL x ROWS 16-byte pieces into registers, then uses them: the bytes in

@@ -319,15 +319,13 @@ def _epilogue_choice(M: int, N: int, K: int) -> tuple[str, dict] | None:
     """(impl, params) for a paired epilogue on an unfused x (no prologue), or None. An
     epilogue adds no serial work in front of the weight stream, so unlike the prologues it
     pays at any size: it rides on the table's choice wherever that can carry it: the GEMV
-    at M <= FUSED_MAX_M (rows made even), the stream kernel without split-K at any M."""
+    at M <= FUSED_MAX_M (rows made even), a flat entry if _stream_pairs_ok takes it."""
     if M < 1:
         return None
     impl, params = choose(M, N, K, capturing=True)
     if impl == "gemv" and M <= FUSED_MAX_M:
         return impl, _even_rows(params, M, N, K)
-    if impl == "flat" and params.get("kernel") == "stream" and params.get("split", 1) == 1:
-        return impl, params
-    return None
+    return (impl, params) if impl == "flat" else None
 
 
 def _stream_pairs_ok(N: int, K: int, params: dict, epilogue: dict, *arrays) -> bool:
@@ -355,15 +353,15 @@ def _epilogue_launch(x, w, bias, y_shape, out, params, epilogue: dict, epilogue_
         impl = "flat" if "kernel" in params else "gemv"
         params = params if impl == "flat" else _even_rows(params, M, N, K)
     x, w = cp.ascontiguousarray(x), cp.ascontiguousarray(w)
+    if impl == "flat" and not _stream_pairs_ok(N, K, params, epilogue, x, w):
+        return None
     b = cp.ascontiguousarray(bias) if bias is not None else None
-    if impl == "flat":
-        if not _stream_pairs_ok(N, K, params, epilogue, x, w):
-            return None
-        y = _dest(out, y_shape, x.dtype)
-        flat(x, w, y, b, epilogue=epilogue, epilogue_args=epilogue_args, **params)
-        return y
     y = _dest(out, y_shape, x.dtype)
-    _gemv_launch(x, w, y, b, None, M, K, _vec_ok(K, x, w), epilogue, epilogue_args, **params)
+    if impl == "flat":
+        flat(x, w, y, b, epilogue=epilogue, epilogue_args=epilogue_args, **params)
+    else:
+        _gemv_launch(x, w, y, b, None, M, K, _vec_ok(K, x, w), epilogue, epilogue_args,
+                     **params)
     return y
 
 
@@ -496,15 +494,15 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
     n_tiles, m_groups = cdiv(N, bn), cdiv(M, bm)
     step = 32 * unroll * warps_k if direct else kt * warps_k if stream else bk
     k_steps = cdiv(K, step)
-    if split <= 0:
-        target = (4 if direct else 2) * num_sms()
-        split = max(1, min(cdiv(target, n_tiles * m_groups), k_steps // 2))
-    split = min(split, k_steps)
-    if epilogue:
+    if epilogue:  # before the split-K pick: an unset split means 1 here
         if not stream or split > 1 or residual is not None:
             raise ValueError("flat: a paired epilogue needs the stream kernel, split 1 and no "
                              "residual")
         split = 1
+    if split <= 0:
+        target = (4 if direct else 2) * num_sms()
+        split = max(1, min(cdiv(target, n_tiles * m_groups), k_steps // 2))
+    split = min(split, k_steps)
     k_chunk = cdiv(k_steps, split) * step
     split = cdiv(K, k_chunk)
     ws, cnt = _scratch.get(split * M * N if split > 1 else 0, n_tiles * m_groups)
