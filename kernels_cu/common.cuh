@@ -21,6 +21,7 @@
 //                                          merge; returns the old count
 //   require_dynamic_smem(bytes)            trap unless launched with >= bytes of dynamic smem
 //   RE_PDL_WAIT() / RE_PDL_TRIGGER()       programmatic dependent launch (below)
+//   RE_PREFETCH_L2(p, bytes)               L2 prefetch hint of a byte range (sm_90, else no-op)
 // Portability: CUDA-only intrinsics sit behind the RE_* macros so a HIP build only edits this file.
 #pragma once
 
@@ -76,6 +77,16 @@ typedef DTYPE dtype_t;
 #define RE_PDL_EARLY 0
 #define RE_PDL_WAIT() do { } while (0)
 #define RE_PDL_TRIGGER() do { } while (0)
+#endif
+
+// RE_PREFETCH_L2(p, bytes): a hint that L2 should fetch [p, p + bytes) (p 16-byte aligned, bytes
+// a multiple of 16); it takes no registers and nothing waits for it. sm_90: one
+// cp.async.bulk.prefetch.L2; elsewhere nothing.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIP_PLATFORM_AMD__)
+#define RE_PREFETCH_L2(p, bytes) \
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory")
+#else
+#define RE_PREFETCH_L2(p, bytes) do { } while (0)
 #endif
 
 __device__ __forceinline__ int cdiv(int a, int b) { return (a + b - 1) / b; }

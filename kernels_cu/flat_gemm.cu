@@ -41,7 +41,8 @@
 //       bytes per row, then registers -> per-warp shared tile -> ldmatrix -> mma; x copied per
 //       warp and tile with cp.async. Defines: KT (k per warp tile: 64/128/256), FN, FM,
 //       WARPS_N, WARPS_K (warps reading consecutive KT pieces of the same rows), PRE_TILES,
-//       LATE_TRIGGER, EPILOGUE (+ HEAD_DIM: the paired epilogues of pair_epilogue.cuh).
+//       LATE_TRIGGER, MIN_BLOCKS, PF_TILES, EPILOGUE (+ HEAD_DIM: the paired epilogues of
+//       pair_epilogue.cuh), TIMELINE (probe builds: timeline.cuh).
 //       See below.
 //
 // Variants / when each wins (H100 tuning of 24 decode shapes, docs/flat_gemm_notes.md):
@@ -54,6 +55,7 @@
 //   2. M >= 24-64: cuBLAS (graph-capturable through ctypes).
 #include "common.cuh"
 #include "mma.cuh"
+#include "timeline.cuh"
 
 #ifndef DTYPE_BF16
 #define DTYPE_BF16 0
@@ -405,16 +407,36 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
 #ifndef LATE_TRIGGER
 #define LATE_TRIGGER 0
 #endif
+// MIN_BLOCKS (1, 2): __launch_bounds__'s blocks per SM. 2 caps registers at 65536 / (2 * NT);
+//   the k16 steps of a tile are then unrolled by 4 instead of all 8 (with all 8 hoisted, the
+//   bm 16 build of kt 128 x 8 warps needs 170 registers: one block per SM instead of two).
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1
+#endif
+// PF_TILES (0..8): w tiles each warp asks L2 to prefetch (RE_PREFETCH_L2) before RE_PDL_WAIT,
+//   after its PRE_TILES register tiles. In a chain of products ~1.4 us a call pass between the
+//   previous kernel's last weight bytes and this one's first wait (its stores, then the launch
+//   wait's release: tools/timeline_gemm.py); register tiles cover only the first of them.
+//   Only blocks numbered below PF_WAVE (the blocks resident at once, from the host's occupancy
+//   query) prefetch: later ones start past the wait, where a prefetch only doubles the requests
+//   for lines their loads ask for next (H100: 8 tiles for every block cost lm_head 13%).
+#ifndef PF_TILES
+#define PF_TILES 0
+#endif
+#ifndef PF_WAVE
+#define PF_WAVE 0
+#endif
 #define LPR (KT / 8)         // lanes per w row in one load instruction
 #define RPI (32 / LPR)       // rows per load instruction
 #define NLD (16 * FN / RPI)  // load instructions (16-byte registers) per tile
 
-extern "C" __global__ void __launch_bounds__(NT)
+extern "C" __global__ void __launch_bounds__(NT, MIN_BLOCKS)
 flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                    const T* res, T* y, float* __restrict__ ws, unsigned* __restrict__ counters,
                    int M, int N, int K, int k_chunk EPILOGUE_PARAMS) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ float cs[WARPS_K * BM * (BN + CPAD)];
+    RE_TL_MARK(w, 0);
 #if !EPILOGUE
     __shared__ unsigned s_is_last;
     const int split = gridDim.y;
@@ -478,6 +500,19 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
     // so they stream while the previous kernel finishes
     if (wk < num_tiles) load(0, wk);
     if (PRE_TILES > 1 && wk + WARPS_K < num_tiles) load(1, wk + WARPS_K);
+#if PF_TILES
+    const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    for (int lr = lane; lr < 16 * FN && block < PF_WAVE; lr += 32) {  // the warp's row lr
+        const size_t prow = (size_t)(row0 + (lr >> 4) * FSTEP + (lr & 7)) * K +
+                            ((lr & 8) ? jump_k : 0);
+        if (n0 + wn * 16 * FN + lr >= N) continue;
+#pragma unroll
+        for (int j = PRE_TILES; j < PRE_TILES + PF_TILES; ++j) {
+            const int tile = wk + j * WARPS_K, k = k_begin + tile * KT;
+            if (tile < num_tiles) RE_PREFETCH_L2(w + prow + k, 2 * min(KT, k_end - k));
+        }
+    }
+#endif
 #if EPILOGUE == 1 && RE_PDL_EARLY
     // RoPE's step inputs for the thread's first pair (pair tid of the store loop below), like
     // gemv.cu: loaded here they arrive during the main loop; at the store they were a chain of
@@ -493,6 +528,7 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
 #define IS_PRE(i) false
 #endif
     RE_PDL_WAIT();
+    RE_TL_MARK(w, 1);
 #if !LATE_TRIGGER
     RE_PDL_TRIGGER();
 #endif
@@ -502,6 +538,7 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
         if (wk + WARPS_K < num_tiles) load_x(1, wk + WARPS_K);
         cp_async_commit();
     }
+    constexpr int kk_unroll = MIN_BLOCKS > 1 && KT > 64 && FM > 1 ? 4 : KT / 16;
     auto compute = [&](int slot) {
 #pragma unroll
         for (int i = 0; i < NLD; ++i)
@@ -509,7 +546,7 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
         cp_async_wait<1>();  // this tile's x landed (the next tile's copy may be pending)
         __syncwarp();
         const T* xs = xt + slot * BM * KT;
-#pragma unroll
+#pragma unroll kk_unroll
         for (int kk = 0; kk < KT / 16; ++kk) {
             unsigned a[FN][4];
 #pragma unroll
@@ -548,6 +585,7 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
         compute(1);
     }
 
+    RE_TL_MARK(w, 2);
 #if LATE_TRIGGER
     RE_PDL_TRIGGER();  // every block is past its weight stream: see LATE_TRIGGER above
 #endif
@@ -571,6 +609,7 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
     store_tile(acc, cs, s_is_last, tid, wn, wk, g, t, m0, n0, M, N, split, s, bias, res, y, ws,
                counters);
 #endif
+    RE_TL_MARK(w, 3);
 }
 #undef FSTEP
 #undef IS_PRE

@@ -288,6 +288,7 @@ __device__ __forceinline__ void stage_silu_mul(T* xs, const T* __restrict__ gate
 #if (EPILOGUE == 1 || EPILOGUE == 2) && ROWS % 2 != 0
 #error "the paired epilogues need an even ROWS"
 #endif
+#include "timeline.cuh"
 #include "pair_epilogue.cuh"
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
@@ -297,6 +298,7 @@ gemv_kernel(const XT* __restrict__ x, const T* __restrict__ w, const T* __restri
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* xs = reinterpret_cast<T*>(smem_raw);  // [MB, k_chunk]
     __shared__ unsigned s_is_last;
+    RE_TL_MARK(w, 0);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int split = gridDim.y, s = blockIdx.y;
@@ -371,6 +373,7 @@ gemv_kernel(const XT* __restrict__ x, const T* __restrict__ w, const T* __restri
 #define IS_PRE(idx) false
 #endif
     RE_PDL_WAIT();
+    RE_TL_MARK(w, 1);
     RE_PDL_TRIGGER();
 
 #if PROLOGUE == 1
@@ -443,6 +446,7 @@ gemv_kernel(const XT* __restrict__ x, const T* __restrict__ w, const T* __restri
     }
 #endif
 
+    RE_TL_MARK(w, 2);
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
 #pragma unroll

@@ -94,3 +94,59 @@ def test_merge_tuning_policies():
     assert rules[qkv][0] == dict(old_gemv, m_max=2)
     assert rules[qkv][1]["impl"] == "flat" and "pre" not in rules[qkv][1]["params"]
     assert {(c[0], c[1]) for c in changes} == {(o, 1), (o, 2), (o, 4), (qkv, 4)}
+
+
+ST = dict(kernel="stream", kt=128, fn=1, warps_n=1, warps_k=8, split=1, bm=8)
+
+
+def test_pick_chooses_without_prefetch_then_adds_it():
+    """The config is picked on timings without the L2 prefetch (model forwards drop it);
+    pf is then added where it speeds up that config by more than PF_MARGIN."""
+    k64 = dict(ST, kt=64)
+    res = [(40.0, "cublas", {}), (30.0, "flat", ST), (30.5, "flat", k64),
+           (29.0, "flat", dict(ST, pf=1)), (28.0, "flat", dict(ST, pf=2)),
+           (20.0, "flat", dict(k64, pf=2))]  # k64 + pf is fastest, but k64 alone is not
+    assert tune.pick(res) == {"impl": "flat", "params": dict(ST, pf=2)}
+    close = 30.0 * (1 - tune.PF_MARGIN / 2)
+    assert tune.pick([(30.0, "flat", ST), (close, "flat", dict(ST, pf=1))]) == {
+        "impl": "flat", "params": ST}
+    assert tune.pick([(30.0, "flat", ST), (35.0, "flat", dict(ST, pf=1))]) == {
+        "impl": "flat", "params": ST}
+
+
+def test_candidates_prefetch_only_past_m1():
+    def pfs(m):
+        return {c.get("pf", 0) for i, c in tune.candidates(m, 512) if c.get("kernel") == "stream"}
+    assert pfs(1) == {0}
+    assert pfs(2) == set(tune.STREAM_PF) == pfs(16)
+
+
+def test_merge_tuning_prefetch_only():
+    """--prefetch-only keeps every choice and sets pf on a stream entry only where one pf
+    beats pf 0 at every sampled M of the bucket (the largest summed gain wins)."""
+    mt = _merge_tuning()
+    st16 = dict(ST, bm=16)
+    key = "4096x4096"
+    table = {"shapes": {key: [
+        {"impl": "flat", "params": dict(ST, pre=2), "m_max": 1},
+        {"impl": "flat", "params": ST, "m_max": 8},
+        {"impl": "flat", "params": st16, "m_max": 16},
+        {"impl": "cublas", "params": {}, "m_max": 1 << 30}]}}
+    times = {  # M: (pf 0, pf 1, pf 2) of the bucket's config
+        1: (10.0, None, None), 2: (10.0, 9.0, 9.5), 4: (10.0, 9.5, 9.8), 8: (10.0, 9.8, 10.5),
+        12: (12.0, 11.0, 11.9), 16: (12.0, 12.5, 11.0)}
+    recs = []
+    for m, ts in times.items():
+        base = ST if m <= 8 else st16
+        for pf, us in enumerate(ts):
+            if us is not None:
+                recs.append(dict(N=4096, K=4096, M=m, impl="flat",
+                                 params=dict(base, pf=pf) if pf else base, us=us))
+        recs.append(dict(N=4096, K=4096, M=m, impl="flat", params=dict(base, kt=64), us=1.0))
+    changes = mt.add_prefetch(recs, table)
+    rules = table["shapes"][key]
+    assert rules[0]["params"] == dict(ST, pre=2)  # M = 1: no records of its config, kept
+    assert rules[1]["params"] == dict(ST, pf=1)  # pf 2 loses at M = 8; pf 1 wins at 2, 4, 8
+    assert rules[2]["params"] == st16  # pf 1 loses at 16, pf 2 within the margin at 12
+    assert rules[3] == {"impl": "cublas", "params": {}, "m_max": 1 << 30}
+    assert [(c[0], c[1]) for c in changes] == [(key, 8)]

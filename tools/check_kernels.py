@@ -133,6 +133,11 @@ def gemv_variants() -> list[tuple[str, dict]]:
 VARIANTS += gemv_variants()
 
 
+def _occ(occ: int) -> dict:
+    """gemm.flat's defines for a stream config's occ (MIN_BLOCKS only where it is > 1)."""
+    return {"MIN_BLOCKS": occ} if occ > 1 else {}
+
+
 def flat_variants() -> list[tuple[str, dict]]:
     """The flat GEMM's three kernels (gemm.flat): the smem build and a direct build with their
     defaults, and every stream config of the shipped table at the BM it serves (8 / 16 / 32),
@@ -145,16 +150,23 @@ def flat_variants() -> list[tuple[str, dict]]:
                 p = (c or {}).get("params", {})
                 if c and c["impl"] == "flat" and p.get("kernel") == "stream":
                     cfgs.add((p["bm"] // 8, p.get("fn", 1), p.get("warps_n", 1),
-                              p.get("warps_k", 8), p.get("kt", 128), p.get("pre", 1)))
+                              p.get("warps_k", 8), p.get("kt", 128), p.get("pre", 1),
+                              p.get("occ", 1), p.get("pf", 0)))
     out = [("flat_gemm.cu", {"DIRECT": 0, "FM": 2, "FN": 1, "WARPS_N": 2, "WARPS_K": 4,
                              "BK": 128, "STAGES": 4}),
            ("flat_gemm.cu", {"DIRECT": 1, "FM": 1, "FN": 2, "WARPS_N": 1, "WARPS_K": 8,
                              "UNROLL": 2})]
     out += [("flat_gemm.cu", {"DIRECT": 2, "FM": fm, "FN": fn, "WARPS_N": wn, "WARPS_K": wk,
-                              "KT": kt, "PRE_TILES": pre})
-            for fm, fn, wn, wk, kt, pre in sorted(cfgs)]
+                              "KT": kt, "PRE_TILES": pre, **_occ(occ),
+                              **({"PF_TILES": pf, "PF_WAVE": 264} if pf else {})})
+            for fm, fn, wn, wk, kt, pre, occ, pf in sorted(cfgs)]
     out.append(("flat_gemm.cu", {"DIRECT": 2, "FM": 1, "FN": 1, "WARPS_N": 1, "WARPS_K": 16,
                                  "KT": 128, "HAS_BIAS": 1, "HAS_RES": 1, "DTYPE_BF16": 1}))
+    # the probe builds of tools/timeline_gemm.py (timeline.cuh)
+    out.append(("flat_gemm.cu", {"DIRECT": 2, "FM": 1, "FN": 1, "WARPS_N": 1, "WARPS_K": 8,
+                                 "KT": 128, "PF_TILES": 1, "PF_WAVE": 264, "TIMELINE": 1}))
+    out.append(("gemv.cu", {"MB": 1, "ROWS": 2, "WARPS": 4, "UNROLL": 8, "VEC": 8,
+                            "TIMELINE": 1}))
     # the paired epilogues as model forwards build them (late trigger): every stream config
     # the table serves a qkv (RoPE, D 128 with bias as qwen2) or gate_up (SiLU-mul) shape with
     from rawengine import tune
@@ -171,10 +183,10 @@ def flat_variants() -> list[tuple[str, dict]]:
             if e["impl"] == "flat" and p.get("kernel") == "stream":
                 for op in ops:
                     epi.add((op, p["bm"] // 8, p.get("fn", 1), p.get("warps_k", 8),
-                             p.get("kt", 128), p.get("pre", 1)))
-    for op, fm, fn, wk, kt, pre in sorted(epi):
+                             p.get("kt", 128), p.get("pre", 1), p.get("occ", 1)))
+    for op, fm, fn, wk, kt, pre, occ in sorted(epi):
         d = {"DIRECT": 2, "FM": fm, "FN": fn, "WARPS_N": 1, "WARPS_K": wk, "KT": kt,
-             "PRE_TILES": pre, "LATE_TRIGGER": 1}
+             "PRE_TILES": pre, "LATE_TRIGGER": 1, **_occ(occ)}
         d.update({"EPILOGUE": 1, "HEAD_DIM": 128, "HAS_BIAS": 1} if op == "qkv" else
                  {"EPILOGUE": 2})
         out.append(("flat_gemm.cu", d))

@@ -1,6 +1,6 @@
 """Merge a partial re-tune into a shipped dispatch table (CPU; no GPU needed).
 
-    PYTHONPATH=. python tools/merge_tuning.py RECORDS.json TABLE.json OUT.json
+    PYTHONPATH=. python tools/merge_tuning.py [--prefetch-only] RECORDS.json TABLE.json OUT.json
 
 RECORDS.json: `rawengine tune ... --m <samples> --records RECORDS.json` (every timing).
 For each shape in the records: the sampled M take the re-tune's pick (tune.pick: our kernels
@@ -12,6 +12,11 @@ on top, both from end-to-end runs on the H100 (docs/flat_gemm_notes.md, session 
     the plain product;
   - an M = 1 flat stream entry requests two weight tiles before the launch wait (pre = 2):
     at M = 1 the neighbouring kernels are short; at M = 4-8 it cost ~1% of Llama decode.
+--prefetch-only: keep every choice of TABLE and only set the stream kernel's L2 prefetch (pf)
+on its entries: the pf > 0 that the records time fastest for the entry's own config, summed
+over the bucket's sampled M, where it beats pf 0 by tune.PF_MARGIN at every one of them. Model
+forwards run without the prefetch, so their choices stay exactly as tuned before (session 17:
+a full merge of a re-tune moved picks by noise and cost 1-3% of batched decode).
 Prints every changed (shape, M) choice.
 """
 
@@ -73,8 +78,45 @@ def merge(records: list[dict], table: dict) -> list[tuple]:
     return changes
 
 
+def add_prefetch(records: list[dict], table: dict) -> list[tuple]:
+    """--prefetch-only: pf on TABLE's stream entries where the records show it pays."""
+    changes = []
+    for key, per_m in tune.timings_by_shape(records).items():
+        lo = 0
+        for e in table["shapes"].get(key, []):
+            p = e["params"]
+            ms = [m for m in per_m if lo < m <= e["m_max"]]
+            lo = e["m_max"]
+            if e["impl"] != "flat" or p.get("kernel") != "stream" or not ms:
+                continue
+            base = {k: v for k, v in p.items() if k != "pf"}
+            gains: dict[int, float] = {}
+            for m in ms:
+                t0 = next((t for t, i, q in per_m[m] if i == "flat" and q == base), None)
+                pfs = {q["pf"]: t for t, i, q in per_m[m] if i == "flat" and q.get("pf")
+                       and {k: v for k, v in q.items() if k != "pf"} == base}
+                if t0 is None:
+                    gains = {}
+                    break
+                for pf in list(gains) or list(pfs):
+                    if pf in pfs and pfs[pf] < t0 * (1 - tune.PF_MARGIN):
+                        gains[pf] = gains.get(pf, 0.0) + t0 - pfs[pf]
+                    else:
+                        gains.pop(pf, None)
+                if not gains:
+                    break
+            new = dict(base, pf=max(gains, key=gains.get)) if gains else base
+            if new != p:
+                changes.append((key, e["m_max"], {"impl": "flat", "params": p},
+                                {"impl": "flat", "params": new}))
+                e["params"] = new
+    return changes
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    prefetch_only = "--prefetch-only" in argv
+    argv = [a for a in argv if a != "--prefetch-only"]
     if len(argv) != 3:
         print("usage: " + __doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
@@ -84,7 +126,7 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         print(f"merge_tuning: {e}", file=sys.stderr)
         return 1
-    for key, m, o, c in merge(records, table):
+    for key, m, o, c in (add_prefetch if prefetch_only else merge)(records, table):
         print(f"{key} M={m}: {o and o['impl']} {o and o.get('params')} -> {c['impl']} "
               f"{c.get('params')}")
     Path(argv[2]).write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")

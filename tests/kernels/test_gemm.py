@@ -111,6 +111,13 @@ FLAT_CFGS = [
     dict(kernel="smem", bm=16, fn=2, warps_n=2, warps_k=2, bk=128, stages=3, split=2),
     dict(kernel="smem", bm=8, warps_n=2, warps_k=4, bk=128, stages=6, split=5),
     dict(kernel="smem", bm=64, fn=2, warps_n=4, bk=64, stages=3),
+    # registers capped for two blocks per SM (MIN_BLOCKS 2: the k16 steps unrolled by 4), with
+    # split-K and pre 2
+    dict(kernel="stream", bm=16, kt=128, warps_n=1, warps_k=8, split=1, occ=2),
+    dict(kernel="stream", bm=8, kt=64, warps_n=1, warps_k=8, split=2, pre=2, occ=2),
+    # L2 prefetch before the launch wait (a hint: results unchanged; rows past N and K tails
+    # are not prefetched)
+    dict(kernel="stream", bm=16, kt=64, fn=2, warps_n=1, warps_k=4, split=2, pf=3),
 ]
 
 
@@ -134,8 +141,18 @@ def test_flat(M, N, K, cfg):
     check(y, ref, "fp16")
 
 
+def test_flat_stream_param_limits():
+    """occ 2 only where 65536 / (2 * threads) registers can hold the build; pf 0..8."""
+    x, w, _, _, _ = make(4, 64, 256, "fp16")
+    y = poisoned((4, 64), "fp16")
+    for bad in (dict(occ=2, warps_k=16), dict(occ=2, kt=256, warps_k=4), dict(occ=3),
+                dict(pf=9), dict(pf=-1)):
+        with pytest.raises(ValueError, match="occ" if "occ" in bad else "pf"):
+            gemm.flat(x, w, y, kernel="stream", **bad)
+
+
 @pytest.mark.parametrize("M", [1, 5, 13])
-@pytest.mark.parametrize("cfg", [4, 5, 7, 11, 13])
+@pytest.mark.parametrize("cfg", [4, 5, 7, 11, 13, len(FLAT_CFGS) - 3, len(FLAT_CFGS) - 1])
 def test_flat_stream_late_trigger(cfg, M):
     """The stream kernel as model forwards launch it (gemm.late_trigger: RE_PDL_TRIGGER after
     the weight stream): same results, split-K and bias + residual included; the mode is

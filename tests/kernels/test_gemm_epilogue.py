@@ -34,11 +34,14 @@ EPS = 1e-5
 CFGS = [dict(), dict(rows=1, warps=8, split=1), dict(rows=4, warps=4, unroll=2, split=3),
         dict(rows=2, warps=16, unroll=4, split=1), dict(rows=1, warps=8, unroll=4, split=1, stages=4)]
 # flat stream configs (pairs by fragment): the shipped kinds, fn 2 (two fragments a warp, a
-# block past N), kt 64 with 16 warps, bm 16 / 32 for M > 8, pre 2
+# block past N), kt 64 with 16 warps, bm 16 / 32 for M > 8, pre 2, registers capped (occ 2) with
+# an L2 prefetch
 STREAM = [dict(kernel="stream", kt=128, fn=1, warps_n=1, warps_k=8, split=1),
           dict(kernel="stream", kt=64, fn=2, warps_n=1, warps_k=8, split=1),
           dict(kernel="stream", kt=64, fn=1, warps_n=1, warps_k=16, split=1, pre=2),
-          dict(kernel="stream", kt=64, fn=2, warps_n=1, warps_k=8, split=1, bm=32)]
+          dict(kernel="stream", kt=64, fn=2, warps_n=1, warps_k=8, split=1, bm=32),
+          dict(kernel="stream", kt=128, fn=1, warps_n=1, warps_k=8, split=1, bm=16, occ=2,
+               pf=2)]
 
 
 def swiglu_ref(h64, w64, dtype):

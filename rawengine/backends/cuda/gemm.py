@@ -337,6 +337,19 @@ def _stream_pairs_ok(N: int, K: int, params: dict, epilogue: dict, *arrays) -> b
             and _vec_ok(K, *arrays))
 
 
+EPILOGUE_OCC = 2
+
+
+def _epilogue_occ(params: dict) -> dict:
+    """Stream params for an epilogue build: 8-warp kt <= 128 builds get occ EPILOGUE_OCC. The
+    table times plain products; the epilogue's registers (RoPE: 144 at bm 8, uncapped) would
+    otherwise leave one block per SM where the timed build ran two."""
+    if (params.get("warps_n", 1) * params.get("warps_k", 8) <= 8 and params.get("kt", 128) <= 128
+            and "occ" not in params):
+        return dict(params, occ=EPILOGUE_OCC)
+    return params
+
+
 def _epilogue_launch(x, w, bias, y_shape, out, params, epilogue: dict, epilogue_args: tuple):
     """A paired epilogue on x @ w.T: a PROLOGUE 0 gemv launch or flat_stream_kernel (params
     with a 'kernel' are flat's); params None: the table's choice. None if it does not fit."""
@@ -358,7 +371,8 @@ def _epilogue_launch(x, w, bias, y_shape, out, params, epilogue: dict, epilogue_
     b = cp.ascontiguousarray(bias) if bias is not None else None
     y = _dest(out, y_shape, x.dtype)
     if impl == "flat":
-        flat(x, w, y, b, epilogue=epilogue, epilogue_args=epilogue_args, **params)
+        flat(x, w, y, b, epilogue=epilogue, epilogue_args=epilogue_args,
+             **_epilogue_occ(params))
     else:
         _gemv_launch(x, w, y, b, None, M, K, _vec_ok(K, x, w), epilogue, epilogue_args,
                      **params)
@@ -438,9 +452,12 @@ _late_trigger = False
 @contextlib.contextmanager
 def late_trigger(on: bool = True):
     """Stream-kernel launches inside let the next kernel launch only after their weight
-    stream (flat_gemm.cu LATE_TRIGGER), not at their start. Model forwards run inside it
-    (CudaBackend.in_forward): there the early launch cost up to 7 us a layer; a bare chain
-    of products (tools/bench_gemm.py, the tuner) gains ~1 us a call from it."""
+    stream (flat_gemm.cu LATE_TRIGGER), not at their start, and skip the table's L2 prefetch
+    before the launch wait (pf, PF_TILES). Model forwards run inside it
+    (CudaBackend.in_forward): there the early launch cost up to 7 us a layer and the prefetch
+    1.5-2.7% of decode (H100, sessions 16-17); a bare chain of products (tools/bench_gemm.py,
+    the tuner) gains ~1 us a call from the early launch and up to 1 us more from the
+    prefetch."""
     global _late_trigger
     prev, _late_trigger = _late_trigger, on
     try:
@@ -466,14 +483,16 @@ def _set_smem(kern, smem: int, static: int = 0) -> None:
 
 def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int = 0, fn: int = 0,
          warps_n: int = 0, warps_k: int = 0, bk: int = 128, stages: int = 4, unroll: int = 0,
-         split: int = 0, kt: int = 128, pre: int = 1, epilogue: dict | None = None,
-         epilogue_args: tuple = ()) -> None:
+         split: int = 0, kt: int = 128, pre: int = 1, occ: int = 1, pf: int = 0,
+         epilogue: dict | None = None, epilogue_args: tuple = ()) -> None:
     """y = x @ w.T (+ bias) (+ residual) on tensor cores (mma.m16n8k16); needs K % 8 == 0.
 
     kernel 'direct': w fragments loaded straight from global memory (decode M);
     kernel 'stream': w streamed in row runs of kt * warps_k * 2 bytes through per-warp shared
     tiles, x copied per warp and tile beside them; pre (1, 2): w tiles per warp requested
-    before the programmatic-launch wait;
+    before the programmatic-launch wait; occ 2: registers capped for two blocks per SM (8-warp
+    kt 64 / 128 builds, flat_gemm.cu MIN_BLOCKS); pf (0..8): w tiles per warp prefetched
+    into L2 before the launch wait (PF_TILES);
     kernel 'smem': cp.async shared-memory pipeline (bk, stages).
     bm = 0: smallest of 8/16/32/64 covering M; 0 for warps/unroll/split: picked from the shape.
     epilogue, epilogue_args: a paired epilogue of the stream kernel (pair_epilogue.cuh defines
@@ -522,8 +541,17 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
             raise ValueError(f"flat stream: C tile of {warps_k}x{bm}x{bn} exceeds 48 KB")
         if pre not in (1, 2):
             raise ValueError(f"flat stream: pre {pre} (1 or 2 tiles before the launch wait)")
+        if occ not in (1, 2) or (occ == 2 and (warps_n * warps_k > 8 or kt > 128)):
+            raise ValueError(f"flat stream: occ {occ} (1, or 2 with <= 8 warps and kt <= 128)")
         defines.update(KT=kt, PRE_TILES=pre, LATE_TRIGGER=int(_late_trigger), **(epilogue or {}))
+        if not 0 <= pf <= 8:
+            raise ValueError(f"flat stream: pf {pf} (0..8 tiles prefetched into L2)")
+        # set only where not the default: other builds keep their source text (CuPy's cache)
+        defines.update({"MIN_BLOCKS": occ} if occ > 1 else {})
         smem = flat_stream_smem(bm, fn, warps_n * warps_k, kt)
+        if pf and not _late_trigger:  # model forwards: no prefetch (see late_trigger)
+            defines.update(PF_TILES=pf, PF_WAVE=_first_wave(defines, 32 * warps_n * warps_k,
+                                                            smem, c_tile))
     else:
         defines.update(BK=bk, STAGES=stages)
         smem = flat_smem(bm, fn, warps_n, warps_k, bk, stages)
@@ -535,6 +563,22 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
          (x, w, bias if bias is not None else w, residual if residual is not None else y, y,
           ws, cnt, cp.int32(M), cp.int32(N), cp.int32(K), cp.int32(k_chunk)) + epilogue_args,
          shared_mem=smem)
+
+
+def _first_wave(defines: dict, threads: int, smem: int, c_tile: int) -> int:
+    """Blocks of this stream build (without its prefetch) resident at once on the GPU: the
+    ones that start while the previous kernel runs, the only ones whose L2 prefetch (PF_TILES)
+    runs ahead of their loads."""
+    return _resident(tuple(sorted(defines.items())), threads, smem, c_tile)
+
+
+@functools.lru_cache(maxsize=None)
+def _resident(frozen: tuple, threads: int, smem: int, c_tile: int) -> int:
+    from rawengine.backends.cuda.launch import blocks_per_sm
+
+    kern = _kernel("flat_gemm.cu", "flat_stream_kernel", dict(frozen))
+    _set_smem(kern, smem, c_tile)
+    return blocks_per_sm(kern, threads, smem) * num_sms()
 
 
 def flat_stream_smem(bm: int, fn: int, warps: int, kt: int) -> int:

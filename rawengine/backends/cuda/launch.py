@@ -62,6 +62,22 @@ def _driver():
     return lib
 
 
+def blocks_per_sm(kern, threads: int, dynamic_smem: int) -> int:
+    """Blocks of `kern` (a Kernel) that fit on one SM at once (registers, shared memory,
+    threads), from the driver's occupancy calculator; 1 where it cannot be asked (HIP)."""
+    if cp.cuda.runtime.is_hip:
+        return 1
+    try:
+        lib = _driver()
+    except (OSError, AttributeError):
+        return 1
+    n = ctypes.c_int(0)
+    fn = lib.cuOccupancyMaxActiveBlocksPerMultiprocessor
+    fn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    r = fn(ctypes.byref(n), kern.raw.kernel.ptr, int(threads), int(dynamic_smem))
+    return max(1, n.value) if r == 0 else 1
+
+
 def _supported() -> bool:
     if os.environ.get("RAWENGINE_PDL", "1") == "0" or cp.cuda.runtime.is_hip:
         return False
