@@ -291,12 +291,16 @@ def pick(results: list[tuple[float, str, dict]]) -> dict:
 PF_MARGIN = 0.01  # the prefetch must win by this share (timings spread ~1% within a run)
 
 
+def without_prefetch(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k != "pf"}
+
+
 def with_prefetch(params: dict, us: float, results: list[tuple[float, str, dict]]) -> dict:
     """params with the fastest pf > 0 timed for the same stream config, if that beats `us`
     (the config without it) by PF_MARGIN; else params."""
-    base = {k: v for k, v in params.items() if k != "pf"}
+    base = without_prefetch(params)
     timed = [(t, p["pf"]) for t, impl, p in results
-             if impl == "flat" and p.get("pf") and {k: v for k, v in p.items() if k != "pf"} == base]
+             if impl == "flat" and p.get("pf") and without_prefetch(p) == base]
     if not timed:
         return params
     t, pf = min(timed)

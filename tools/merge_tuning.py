@@ -89,12 +89,12 @@ def add_prefetch(records: list[dict], table: dict) -> list[tuple]:
             lo = e["m_max"]
             if e["impl"] != "flat" or p.get("kernel") != "stream" or not ms:
                 continue
-            base = {k: v for k, v in p.items() if k != "pf"}
+            base = tune.without_prefetch(p)
             gains: dict[int, float] = {}
             for m in ms:
                 t0 = next((t for t, i, q in per_m[m] if i == "flat" and q == base), None)
                 pfs = {q["pf"]: t for t, i, q in per_m[m] if i == "flat" and q.get("pf")
-                       and {k: v for k, v in q.items() if k != "pf"} == base}
+                       and tune.without_prefetch(q) == base}
                 if t0 is None:
                     gains = {}
                     break
