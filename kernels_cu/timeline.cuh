@@ -3,14 +3,14 @@
 //   re_tl_t[i]   %globaltimer (ns, one clock for all SMs)
 //   re_tl_p[i]   ptr (the caller passes its weight pointer: it tells launches of a chain apart)
 //   re_tl_tag[i] bits 0-3 event, 4-11 SM id (mod 256), 12-31 blockIdx.x
-// i = atomicAdd(&re_tl_n, 1) mod 2^16; the host zeroes re_tl_n before the run it reads.
+// i = atomicAdd(&re_tl_n, 1) mod RE_TL_CAP (2^18); the host zeroes re_tl_n before the run it reads.
 // Events the kernels use: 0 entry, 1 past RE_PDL_WAIT, 2 past the weight stream, 3 exit.
 #pragma once
 #ifndef TIMELINE
 #define TIMELINE 0
 #endif
 #if TIMELINE && !defined(__HIP_PLATFORM_AMD__)
-#define RE_TL_CAP (1 << 16)
+#define RE_TL_CAP (1 << 18)
 __device__ unsigned long long re_tl_t[RE_TL_CAP];
 __device__ unsigned long long re_tl_p[RE_TL_CAP];
 __device__ unsigned re_tl_tag[RE_TL_CAP];

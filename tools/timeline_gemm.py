@@ -10,9 +10,12 @@ past the launch wait, past the weight stream and at exit. Per call (launch) it p
 from the first call's first entry: the first / last block past the wait, the last block past
 its weight stream, the last exit, the per-block stream time (median, p10, p90) and the weight
 rate from the first wait to the last stream end. The steady-state period (wait to wait of
-consecutive calls) against the weight bytes gives the rate a chain of these calls sustains;
-the tail (last stream end minus the median block's) says how much of a call is spent with
-part of the grid idle.
+consecutive calls) against the weight bytes gives the rate a chain of these calls sustains.
+For a grid of one wave, the tail (last stream end minus first wait plus the median block's
+stream time) says how long part of the grid sat idle; with more waves it is ~the waves'
+length and says little. docs/flat_gemm_notes.md (session 17) reads one such run. The probe
+build is slower than the plain one (H100: ~0.5 us a call at bm 8, up to 15% at bm 16), so it
+shows where time goes, not what a call costs.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from rawengine.backends.cuda import gemm, module
 
 DEFAULT_CASES = ["4096x4096:1", "4096x4096:8", "12288x4096:8", "4096x11008:8", "28672x4096:8",
                  "12288x4096:16", "128256x4096:8"]
+TL_CAP = 1 << 18  # RE_TL_CAP of timeline.cuh
 _built: list[tuple[str, tuple]] = []
 
 
@@ -45,8 +49,8 @@ def _probe_kernel(file: str, name: str, defines: dict):
 
 def _records(mod) -> list[tuple[int, int, int, int, int]]:
     n = int(cp.ndarray((1,), cp.uint32, memptr=mod.get_global("re_tl_n")).get()[0])
-    if n > 1 << 16:
-        raise SystemExit(f"timeline overflow: {n} records (> 65536); use a shorter chain")
+    if n > TL_CAP:
+        raise SystemExit(f"timeline overflow: {n} records (> {TL_CAP}); use a shorter chain")
     t = cp.ndarray((n,), cp.uint64, memptr=mod.get_global("re_tl_t")).get()
     p = cp.ndarray((n,), cp.uint64, memptr=mod.get_global("re_tl_p")).get()
     tag = cp.ndarray((n,), cp.uint32, memptr=mod.get_global("re_tl_tag")).get()
