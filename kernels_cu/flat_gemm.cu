@@ -408,8 +408,10 @@ flat_direct_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
 #define LATE_TRIGGER 0
 #endif
 // MIN_BLOCKS (1, 2): __launch_bounds__'s blocks per SM. 2 caps registers at 65536 / (2 * NT);
-//   the k16 steps of a tile are then unrolled by 4 instead of all 8 (with all 8 hoisted, the
-//   bm 16 build of kt 128 x 8 warps needs 170 registers: one block per SM instead of two).
+//   at bm >= 16 with kt 128 a tile's 8 k16 steps are then unrolled by 4, not all 8 (hoisted,
+//   they need 170 registers at bm 16 for 8 warps: one block per SM instead of two; under the
+//   cap without the shorter unroll they spill). At bm 8 the cap alone fits: the RoPE epilogue
+//   build drops from 144 registers to ~122, no spill (tools/check_kernels.py).
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1
 #endif
