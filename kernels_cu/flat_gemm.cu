@@ -471,6 +471,10 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
 #endif
     const T* wp = w + (size_t)(row0 + lrow) * K + k_begin + 8 * lch;
     const size_t jump_k = (size_t)jump * K;
+    // element offset of logical row lr's physical row from row0's (the mapping above)
+    auto row_off = [&](int lr) {
+        return (size_t)((lr >> 4) * FSTEP + (lr & 7)) * K + ((lr & 8) ? jump_k : 0);
+    };
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     uint4 wb[2][NLD];  // two register tiles; every call passes a literal slot
     auto load = [&](int slot, int tile) {
@@ -478,9 +482,7 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
 #pragma unroll
         for (int i = 0; i < NLD; ++i) {
             const int tr = i * RPI;  // RPI divides 8: lrow never carries into bit 3
-            const size_t off = (size_t)((tr >> 4) * FSTEP + (tr & 7)) * K +
-                               ((tr & 8) ? jump_k : 0);
-            wb[slot][i] = ok && r0 + tr < N ? ld_stream16(wp + off + tile * KT) : zero;
+            wb[slot][i] = ok && r0 + tr < N ? ld_stream16(wp + row_off(tr) + tile * KT) : zero;
         }
     };
     // x piece [BM, KT] of tile -> the warp's x tile `slot`, lanes laid out as for w (row
@@ -505,13 +507,12 @@ flat_stream_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __
 #if PF_TILES
     const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
     for (int lr = lane; lr < 16 * FN && block < PF_WAVE; lr += 32) {  // the warp's row lr
-        const size_t prow = (size_t)(row0 + (lr >> 4) * FSTEP + (lr & 7)) * K +
-                            ((lr & 8) ? jump_k : 0);
         if (n0 + wn * 16 * FN + lr >= N) continue;
+        const T* wr = w + (size_t)row0 * K + row_off(lr);
 #pragma unroll
         for (int j = PRE_TILES; j < PRE_TILES + PF_TILES; ++j) {
             const int tile = wk + j * WARPS_K, k = k_begin + tile * KT;
-            if (tile < num_tiles) RE_PREFETCH_L2(w + prow + k, 2 * min(KT, k_end - k));
+            if (tile < num_tiles) RE_PREFETCH_L2(wr + k, 2 * min(KT, k_end - k));
         }
     }
 #endif

@@ -543,15 +543,15 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
             raise ValueError(f"flat stream: pre {pre} (1 or 2 tiles before the launch wait)")
         if occ not in (1, 2) or (occ == 2 and (warps_n * warps_k > 8 or kt > 128)):
             raise ValueError(f"flat stream: occ {occ} (1, or 2 with <= 8 warps and kt <= 128)")
-        defines.update(KT=kt, PRE_TILES=pre, LATE_TRIGGER=int(_late_trigger), **(epilogue or {}))
         if not 0 <= pf <= 8:
             raise ValueError(f"flat stream: pf {pf} (0..8 tiles prefetched into L2)")
+        defines.update(KT=kt, PRE_TILES=pre, LATE_TRIGGER=int(_late_trigger), **(epilogue or {}))
         # set only where not the default: other builds keep their source text (CuPy's cache)
         defines.update({"MIN_BLOCKS": occ} if occ > 1 else {})
         smem = flat_stream_smem(bm, fn, warps_n * warps_k, kt)
         if pf and not _late_trigger:  # model forwards: no prefetch (see late_trigger)
-            defines.update(PF_TILES=pf, PF_WAVE=_first_wave(defines, 32 * warps_n * warps_k,
-                                                            smem, c_tile))
+            defines.update(PF_TILES=pf, PF_WAVE=_first_wave(tuple(sorted(defines.items())),
+                                                            32 * warps_n * warps_k, smem, c_tile))
     else:
         defines.update(BK=bk, STAGES=stages)
         smem = flat_smem(bm, fn, warps_n, warps_k, bk, stages)
@@ -565,15 +565,11 @@ def flat(x, w, y, bias=None, residual=None, *, kernel: str = "direct", bm: int =
          shared_mem=smem)
 
 
-def _first_wave(defines: dict, threads: int, smem: int, c_tile: int) -> int:
-    """Blocks of this stream build (without its prefetch) resident at once on the GPU: the
-    ones that start while the previous kernel runs, the only ones whose L2 prefetch (PF_TILES)
-    runs ahead of their loads."""
-    return _resident(tuple(sorted(defines.items())), threads, smem, c_tile)
-
-
 @functools.lru_cache(maxsize=None)
-def _resident(frozen: tuple, threads: int, smem: int, c_tile: int) -> int:
+def _first_wave(frozen: tuple, threads: int, smem: int, c_tile: int) -> int:
+    """Blocks of this stream build (its sorted defines, without the prefetch) resident at
+    once on the GPU: the ones that start while the previous kernel runs, the only ones whose
+    L2 prefetch (PF_TILES) runs ahead of their loads."""
     from rawengine.backends.cuda.launch import blocks_per_sm
 
     kern = _kernel("flat_gemm.cu", "flat_stream_kernel", dict(frozen))
