@@ -7,6 +7,9 @@
 //   mbar_wait(bar, parity)            spin until the phase with this parity has completed
 //   bulk_g2s(dst, src, bytes, bar)    copy bytes (multiple of 16; 16-byte aligned ends) from
 //                                     global src to shared dst; completes on bar
+//   fence_async_smem()                orders this thread's earlier shared-memory accesses before
+//                                     later bulk copies into the same bytes (after a barrier:
+//                                     the block's), for rings that shared memory overlaid
 // Protocol per ring slot: one thread arrives with expect_tx(total bytes) before any copy of the
 // slot is issued (the copying threads __syncwarp after it); a consumer waits for parity
 // (use_count & 1); after the consumers' last read of the slot (ordered by __syncwarp / the use
@@ -50,4 +53,7 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, unsigned by
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
         ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar))
         : "memory");
+}
+__device__ __forceinline__ void fence_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }

@@ -19,6 +19,7 @@
 //   NEG_INF, cdiv
 //   arrive_acq_rel(p)                      counter arrival (gpu-scope acq_rel) of a last-block
 //                                          merge; returns the old count
+//   add_acq_rel_u64(p, v)                  the same for a 64-bit word and any addend
 //   require_dynamic_smem(bytes)            trap unless launched with >= bytes of dynamic smem
 //   RE_PDL_WAIT() / RE_PDL_TRIGGER()       programmatic dependent launch (below)
 //   RE_PREFETCH_L2(p, bytes)               L2 prefetch hint of a byte range (sm_90, else no-op)
@@ -98,10 +99,21 @@ __device__ __forceinline__ int cdiv(int a, int b) { return (a + b - 1) / b; }
 __device__ __forceinline__ int arrive_acq_rel(int* p) {
     return __hip_atomic_fetch_add(p, 1, __ATOMIC_ACQ_REL, __HIP_MEMORY_SCOPE_AGENT);
 }
+__device__ __forceinline__ unsigned long long add_acq_rel_u64(unsigned long long* p,
+                                                              unsigned long long v) {
+    return __hip_atomic_fetch_add(p, v, __ATOMIC_ACQ_REL, __HIP_MEMORY_SCOPE_AGENT);
+}
 #else
 __device__ __forceinline__ int arrive_acq_rel(int* p) {
     int old;
     asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(p) : "memory");
+    return old;
+}
+__device__ __forceinline__ unsigned long long add_acq_rel_u64(unsigned long long* p,
+                                                              unsigned long long v) {
+    unsigned long long old;
+    asm volatile("atom.acq_rel.gpu.global.add.u64 %0, [%1], %2;"
+                 : "=l"(old) : "l"(p), "l"(v) : "memory");
     return old;
 }
 #endif

@@ -95,14 +95,33 @@
 #ifndef BULK
 #define BULK 0  // > 0: K/V arrive through per-warp shared-memory rings of BULK slots (below)
 #endif
+#ifndef DYN
+#define DYN 0  // 1: decode_attention_dyn_kernel (work stealing, below) instead of the static grid
+#endif
+#if DYN
+#ifndef EXTRA
+#define EXTRA 8  // stolen-state slots per cell
+#endif
+#ifndef MIN_STEAL
+#define MIN_STEAL 16  // unclaimed tiles a range needs to be worth a steal (~3 us at B8 32/8)
+#endif
+#ifndef CLAIM
+#define CLAIM 2  // tiles per claim (an atomic on the range's word)
+#endif
+#endif
 #if BULK
 #if IS_ASYNC || PREFETCH
 #error "BULK builds the synchronized variant without the L2 prefetch"
 #endif
 #include "bulk.cuh"
 #endif
+#if DYN && (!BULK || O_PROJ)
+#error "DYN builds the BULK kernel (no O_PROJ)"
+#endif
 // BlockSmem, merge helpers, finish_block (split merge):
 #include "decode_common.cuh"
+// per-block event log, probe builds only (TIMELINE=1: tools/timeline_attention.py):
+#include "timeline.cuh"
 
 constexpr int VEC = 8;                               // 2-byte elements per 16-byte load
 constexpr int LANES_PER_TOK = HEAD_DIM / VEC;        // 16 (D=128) or 8 (D=64)
@@ -154,6 +173,23 @@ __device__ unsigned long long attn_o_trace[1024][8];  // tools/trace_mlp.py read
 #define AO_STAMP(i)
 #endif
 
+#if DYN
+// One phase of a block of decode_attention_dyn_kernel: the range of tiles (TILE tokens each) it
+// attends over and how its warps claim them.
+struct DynPhase {
+    unsigned long long* claim;  // the range's claim word: front claims (low 32), back (high 32)
+    int n;                      // tiles in the range
+    int k0;                     // tiles [0, k0) are the owner's unclaimed: its warps' first fills
+    int tile0;                  // the range's first tile in the sequence
+    bool front;                 // owner (claims from the front) or thief (from the back)
+    int ci;                     // the warp's ring consume count, carried across phases
+    int tiles;                  // out: tiles the warp computed in this phase
+};
+#define DYN_PHASE_PARAM , DynPhase& ph
+#else
+#define DYN_PHASE_PARAM
+#endif
+
 // Softmax state of this warp over its tiles of [start, end), per lane: o for its 8 dims.
 // m is warp-uniform; l and o are folded over the warp's token groups before returning.
 // ASYNC: m = phi fixed, m_true = true max of the scores seen (per head).
@@ -161,6 +197,8 @@ __device__ unsigned long long attn_o_trace[1024][8];  // tools/trace_mlp.py read
 // wait_fn() runs the PDL wait and fills qf: the warp's first step goes out before it when all
 // its keys are older than `newest` (the key the previous kernel writes), so under programmatic
 // launch its page lookups and DRAM reads overlap the previous kernel's tail.
+// DYN: the warp attends over the tiles of the range in ph that it claims (start unused; end the
+// sequence length); see decode_attention_dyn_kernel.
 template <bool ASYNC, int U, typename WaitFn>
 __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], WaitFn wait_fn,
                                              const dtype_t* __restrict__ k_cache,
@@ -169,7 +207,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
                                              int num_kv_heads, int log2_bs, int start, int end,
                                              int newest, float phi, float (&m)[GROUP],
                                              float (&l)[GROUP], float (&o)[GROUP][VEC],
-                                             float (&m_true)[GROUP]) {
+                                             float (&m_true)[GROUP] DYN_PHASE_PARAM) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / LANES_PER_TOK, dvec = lane % LANES_PER_TOK;
     const int bs_mask = (1 << log2_bs) - 1;
@@ -275,7 +313,117 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
                 for (int i = 0; i < VEC; ++i) o[g][i] = fmaf(s[u][g], vf[i], o[g][i]);
         }
     };
-#if BULK
+#if DYN
+    // The warp's ring (as below), filled with the tiles it claims: ph.front, its first BULK fills
+    // are its tiles of [0, k0) (warp + j * NUM_WARPS), then lane 0 claims CLAIM tiles at a time
+    // from the front of the range; a thief claims from the back. A claim adds to the range's
+    // word and gets the tiles its old value names while k0 + front + back claims < n, so the
+    // owner and thieves never take the same tile and stop when they meet. Claims and page ids
+    // are asked for ahead of their use, so their round trips overlap tiles. The mbarriers are
+    // initialised once by the kernel; ph.ci keeps their parity across phases.
+    static_assert(U == UNROLL, "DYN tiles are UNROLL steps");
+    (void)load_step;
+    (void)start;
+    dtype_t* ring = reinterpret_cast<dtype_t*>(bulk_smem) + warp * (BULK * BULK_SLOT);
+    mbar_t* bars = bulk_bars[warp];
+    const int run = min(bs_mask + 1, TILE);  // tiles start on TILE boundaries: whole runs
+    const int runs = TILE / run, jr = lane % runs;
+    const bool is_copier = lane < 2 * runs;
+    const dtype_t* src = (lane >= runs ? v_cache : k_cache) +
+                         ((size_t)kv_head << log2_bs) * HEAD_DIM;
+    const int dst_off = (lane >= runs ? TILE * HEAD_DIM : 0) + jr * run * HEAD_DIM;
+    auto issue = [&](int slot, int tile, int page) {  // the range's tile into ring slot `slot`
+        const int t = (ph.tile0 + tile) * TILE, tok = t + jr * run;
+        mbar_t* bar = bars + slot;
+        if (lane == 0) mbar_arrive_expect_tx(bar, 2 * min(TILE, end - t) * HEAD_DIM * 2);
+        __syncwarp();
+        if (is_copier && tok < end)
+            bulk_g2s(ring + slot * BULK_SLOT + dst_off,
+                     src + ((((size_t)page * num_kv_heads) << log2_bs) + (tok & bs_mask)) *
+                               HEAD_DIM,
+                     min(run, end - tok) * HEAD_DIM * 2, bar);
+    };
+    auto page_for = [&](int tile) {  // this lane's page of the tile (0 when it copies none)
+        const int tok = (ph.tile0 + tile) * TILE + jr * run;
+        return tile >= 0 && is_copier && tok < end ? __ldg(bt + (tok >> log2_bs)) : 0;
+    };
+    const unsigned long long one = ph.front ? 1ull : 1ull << 32;
+    auto claim = [&]() { return lane == 0 ? atomicAdd(ph.claim, one * CLAIM) : 0ull; };
+    auto claimed = [&](unsigned long long c, int i) {  // tile of claim i of those at c, or -1
+        c = RE_SHFL(c, 0);
+        const long long f = (long long)(c & 0xffffffffull), bk = (long long)(c >> 32);
+        if (ph.k0 + f + bk + i >= ph.n) return -1;
+        return ph.front ? (int)(ph.k0 + f + i) : (int)(ph.n - 1 - bk - i);
+    };
+    // Claims go out CLAIM tiles at a time, two batches ahead: `cur` is being handed out (its
+    // claim pi next), `nxt` is in flight. Once a claim fails every later one fails too (the
+    // range is used up), so no claimed tile is left behind.
+    unsigned long long cur = 0, nxt = 0;
+    int pi = 0;
+    bool more = false;  // claims may still get tiles (warp-uniform)
+    auto take = [&]() {  // the next claimed tile, or -1 from now on
+        if (!more) return -1;
+        const int t = claimed(cur, pi);
+        more = t >= 0;
+        if (more && ++pi == CLAIM) {
+            cur = nxt;
+            nxt = claim();
+            pi = 0;
+        }
+        return t;
+    };
+    int next[BULK];  // tiles of the next BULK consume counts; -1 (none) only as a suffix
+    auto is_old = [&](int tile) { return min((ph.tile0 + tile + 1) * TILE, end) <= newest; };
+#pragma unroll
+    for (int j = 0; j < BULK; ++j) {
+        const int st = warp + j * NUM_WARPS;  // the owner's unclaimed first fills
+        next[j] = ph.front && st < ph.k0 ? st : -1;
+        if (next[j] >= 0 && is_old(next[j])) issue((ph.ci + j) % BULK, next[j], page_for(next[j]));
+    }
+    wait_fn();
+    more = !ph.front || ph.k0 < ph.n;  // k0 = min(n, NUM_WARPS * BULK)
+    if (more) {
+        cur = claim();
+        nxt = claim();
+    }
+#pragma unroll
+    for (int j = 0; j < BULK; ++j) {
+        if (!ph.front) next[j] = take();
+        if (next[j] >= 0 && (!ph.front || !is_old(next[j])))
+            issue((ph.ci + j) % BULK, next[j], page_for(next[j]));
+    }
+    int tile_ahead = take();  // the next refill's tile and page, looked up a refill early
+    int page_ahead = page_for(tile_ahead);
+    ph.tiles = 0;
+    while (next[0] >= 0) {  // warp-uniform
+        const int slot = ph.ci % BULK;
+        const int t0 = (ph.tile0 + next[0]) * TILE;
+        mbar_wait(bars + slot, (ph.ci / BULK) & 1);
+        const dtype_t* rows = ring + slot * BULK_SLOT + dvec * VEC;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int r = u * TOK_PER_LOAD + sub;
+            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);  // rows past `end` were never copied
+            if (t0 + r < end) {
+                kr[u] = *reinterpret_cast<const uint4*>(rows + r * HEAD_DIM);
+                vr[u] = *reinterpret_cast<const uint4*>(rows + (TILE + r) * HEAD_DIM);
+            }
+        }
+        compute_step(t0);
+        ++ph.tiles;
+        __syncwarp();  // every lane has used the slot: refill it
+        const int tn = tile_ahead;
+        if (tn >= 0) {
+            issue(slot, tn, page_ahead);
+            tile_ahead = take();
+            page_ahead = page_for(tile_ahead);
+        }
+#pragma unroll
+        for (int j = 0; j + 1 < BULK; ++j) next[j] = next[j + 1];
+        next[BULK - 1] = tn;
+        ++ph.ci;
+    }
+#elif BULK
     // The warp's steps (tiles i = 0, 1, ... at t_first + i * STEP_U) stream through its own
     // ring of BULK slots with cp.async.bulk: BULK - 1 tiles stay in flight while one computes,
     // at no register cost. A tile is copied in runs of whole rows inside one page: `run` rows
@@ -450,6 +598,7 @@ __device__ __forceinline__ void attend_any(const float (&qf)[GROUP][VEC], WaitFn
                                     log2_bs, start, end, newest, phi, m, l, o, m_true);
 }
 
+#if !DYN
 extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS)
 decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict__ k_cache,
                         const dtype_t* __restrict__ v_cache, const int* __restrict__ block_tables,
@@ -468,6 +617,7 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
     // an empty split writes nothing, the merge skips it
     if (!split_range<STEP, STEP1>(len, num_splits, split, min_chunk, start, end, num_active))
         return;
+    RE_TL_MARK(out, 0);
 
 #if BULK
     require_dynamic_smem(max(BULK_RING_BYTES, (int)sizeof(BlockSmem)));
@@ -480,6 +630,7 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
     auto wait_and_load_q = [&]() {  // run by attend_chunk once its first safe loads are out
         RE_PDL_WAIT();
         RE_PDL_TRIGGER();
+        RE_TL_MARK(out, 1);
         load_q(qf, q, b, num_q_heads, head0, dvec, scale_log2);
     };
     const int* bt = block_tables + (size_t)b * max_blocks;
@@ -491,6 +642,7 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
 #endif
     stash_warp(sm, m, l, o, m_true);
     __syncthreads();
+    RE_TL_MARK(out, 2);  // every warp has streamed its tiles
 #if IS_ASYNC
     if (start < end && is_block_out_of_window(sm, phi + lo, phi + hi)) {  // block-uniform
         // exactness fallback: recompute with a running max
@@ -504,7 +656,183 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
 #endif
     finish_block(sm, out, part_o, part_ml, counters, num_q_heads, head0, b, hblk, split,
                  num_splits, num_active);
+    RE_TL_MARK(out, 3);
 }
+#endif  // !DYN
+
+#if DYN
+// ---------------------------------------------------------------------------------------------
+// decode_attention_dyn_kernel (DYN build of the BULK kernel, sync): the same o, with the tiles
+// (TILE tokens) of each split claimed at run time, so a block the memory system serves faster
+// takes over the tail of a slower one and every block streams until the call ends. Why: with
+// static splits the blocks of one call finish 3-5% apart on the H100 (tools/
+// timeline_attention.py) and a read kernel that claims its work dynamically streams 1-3% faster
+// than the best static one (tools/read_floor.py); docs/decode_attention_notes.md, session 18.
+//
+//   Grid (S, Y, B) as decode_attention_kernel. Block (split, hblk, b) owns range
+//   r = split + S * (hblk + Y * b): tiles [split * per, +per) of cell (b, hblk) (T = cdiv(len,
+//   TILE) tiles, per = cdiv(T, S)). It attends over the tiles it claims from the front of r,
+//   writes the state as partial slot `split` of the cell and counts it in. Then, until no range
+//   has MIN_STEAL unclaimed tiles, it steals: warp 0 picks the range with the most unclaimed
+//   tiles, reserves an extra slot S + e (e < EXTRA) of its cell, the block claims tiles from the
+//   back of that range and writes that state into the reserved slot.
+//   The contribution that completes a cell (all T tiles counted, and every reserved slot
+//   written) merges its S + reserved slots into o; a reservation is refused once all T tiles
+//   are counted, so the merge cannot miss a slot. Partial states are summed in slot order; which
+//   tiles land in which slot depends on timing, so o can differ in its last bits between calls.
+//
+//   part_o [B, Y, S + EXTRA, GROUP, D] float32, part_ml [B, Y, S + EXTRA, GROUP] float2
+//   words  uint64 [one word of two int32: finished blocks, steals (monotonic, for tests),
+//                  S * Y * B claim words (front claims | back claims << 32),
+//                  Y * B cell words (tiles counted | slots written << 32 | reserved << 48)]
+//          zero on the first launch; the last block to finish zeroes all but the steal count.
+// Claims and cell words are used only after RE_PDL_WAIT (a previous launch's reset is visible).
+
+extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS)
+decode_attention_dyn_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict__ k_cache,
+                            const dtype_t* __restrict__ v_cache,
+                            const int* __restrict__ block_tables,
+                            const int* __restrict__ seq_lens, dtype_t* __restrict__ out,
+                            float* __restrict__ part_o, float2* __restrict__ part_ml,
+                            unsigned long long* __restrict__ words, int num_q_heads,
+                            int num_kv_heads, int max_blocks, int log2_bs, float scale_log2) {
+    const int S = gridDim.x, Y = gridDim.y, B = gridDim.z;
+    const int num_ranges = S * Y * B, num_cells = Y * B, num_slots = S + EXTRA;
+    int* counts = reinterpret_cast<int*>(words);
+    unsigned long long* claims = words + 1;
+    unsigned long long* cells = words + 1 + num_ranges;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int dvec = lane % LANES_PER_TOK, group_q = num_q_heads / num_kv_heads;
+    require_dynamic_smem(max(BULK_RING_BYTES, (int)sizeof(BlockSmem)));
+    BlockSmem& sm = *reinterpret_cast<BlockSmem*>(bulk_smem);  // overlays the rings, per phase
+    __shared__ int tiles_s[NUM_WARPS];
+    __shared__ int done_s[2];   // a flush: merge this cell?, slots to merge; the end: last block?
+    __shared__ int steal_s[2];  // victim range (-1: stop), its reserved slot
+    if (lane == 0) {
+#pragma unroll
+        for (int i = 0; i < BULK; ++i) mbar_init(bulk_bars[warp] + i, 1);
+        mbar_init_fence();
+    }
+    __syncwarp();
+    auto range_of = [&](int r, int& len, int& n, int& tile0) {  // sequence length, tiles, first
+        len = seq_lens[r / (S * Y)];
+        const int per = cdiv(cdiv(len, TILE), S);
+        tile0 = (r % S) * per;
+        n = max(0, min(cdiv(len, TILE) - tile0, per));
+    };
+    float qf[GROUP][VEC], m[GROUP], l[GROUP], o[GROUP][VEC], m_true[GROUP];
+    DynPhase ph;
+    ph.ci = 0;
+    // Attend over the claimed tiles of range r, write the state into `slot` of its cell, count
+    // it in; the contribution that completes the cell merges it.
+    auto run_phase = [&](int r, int slot, bool front, auto wait_fn) {
+        int len, n, tile0;
+        range_of(r, len, n, tile0);
+        const int b = r / (S * Y), cell = r / S, head0 = (cell % Y) * GROUP;
+        ph.claim = claims + r;
+        ph.n = n;
+        ph.k0 = min(n, NUM_WARPS * BULK);
+        ph.tile0 = tile0;
+        ph.front = front;
+        auto wait_and_load_q = [&]() {
+            wait_fn();
+            load_q(qf, q, b, num_q_heads, head0, dvec, scale_log2);
+        };
+        attend_chunk<false, UNROLL>(qf, wait_and_load_q, k_cache, v_cache,
+                                    block_tables + (size_t)b * max_blocks, head0 / group_q,
+                                    num_kv_heads, log2_bs, 0, len, len - 1, 0.f, m, l, o, m_true,
+                                    ph);
+        __syncthreads();  // every warp is done with its ring: BlockSmem overlays them
+        stash_warp(sm, m, l, o, m_true);
+        if (lane == 0) tiles_s[warp] = ph.tiles;
+        __syncthreads();
+        write_partial(sm, part_o, part_ml, ((size_t)cell * num_slots + slot) * GROUP);
+        __syncthreads();  // publish the partial, then count it in
+        if (threadIdx.x == 0) {
+            int tiles = 0;
+#pragma unroll
+            for (int w = 0; w < NUM_WARPS; ++w) tiles += tiles_s[w];
+            const unsigned long long add = (1ull << 32) + tiles;
+            const unsigned long long now = add_acq_rel_u64(cells + cell, add) + add;
+            const int written = (int)((now >> 32) & 0xffff), reserved = (int)(now >> 48);
+            done_s[0] = (int)(now & 0xffffffffu) == cdiv(len, TILE) && written == S + reserved;
+            done_s[1] = S + reserved;
+        }
+        __syncthreads();
+        if (done_s[0])
+            merge_partials(part_o + (size_t)cell * num_slots * GROUP * HEAD_DIM,
+                           part_ml + (size_t)cell * num_slots * GROUP, done_s[1],
+                           out + ((size_t)b * num_q_heads + head0) * HEAD_DIM);
+        __syncthreads();    // BlockSmem is read: the rings may refill
+        fence_async_smem();  // ... after these generic accesses, in the async proxy's order
+    };
+    const int home = blockIdx.x + S * (blockIdx.y + Y * blockIdx.z);
+    RE_TL_MARK(out, 0);
+    run_phase(home, blockIdx.x, true, [&] {
+        RE_PDL_WAIT();
+        RE_PDL_TRIGGER();
+        RE_TL_MARK(out, 1);
+    });
+    RE_TL_MARK(out, 2);
+    for (;;) {
+        if (warp == 0) {  // the range with the most unclaimed tiles, and a slot of its cell
+            int best = -1, best_rem = MIN_STEAL - 1;
+            for (int r = lane; r < num_ranges; r += 32) {
+                int len, n, tile0;
+                range_of(r, len, n, tile0);
+                const unsigned long long c = *reinterpret_cast<volatile unsigned long long*>(
+                    claims + r);
+                const long long rem = (long long)n - min(n, NUM_WARPS * BULK) -
+                                      (long long)(c & 0xffffffffull) - (long long)(c >> 32);
+                if (rem > best_rem) {
+                    best_rem = (int)rem;
+                    best = r;
+                }
+            }
+#pragma unroll
+            for (int x = 16; x > 0; x >>= 1) {  // most unclaimed, then the lower range
+                const int o_rem = RE_SHFL_XOR(best_rem, x), o_best = RE_SHFL_XOR(best, x);
+                if (o_rem > best_rem || (o_rem == best_rem && (unsigned)o_best < (unsigned)best)) {
+                    best_rem = o_rem;
+                    best = o_best;
+                }
+            }
+            if (lane == 0) {
+                int slot = -1;
+                if (best >= 0) {  // reserve, unless the cell is counted complete or full
+                    int len, n, tile0;
+                    range_of(best, len, n, tile0);
+                    unsigned long long* w = cells + best / S;
+                    unsigned long long c = *reinterpret_cast<volatile unsigned long long*>(w);
+                    while ((int)(c & 0xffffffffu) < cdiv(len, TILE) && (int)(c >> 48) < EXTRA) {
+                        const unsigned long long prev = atomicCAS(w, c, c + (1ull << 48));
+                        if (prev == c) {
+                            slot = S + (int)(c >> 48);
+                            atomicAdd(counts + 1, 1);
+                            break;
+                        }
+                        c = prev;
+                    }
+                }
+                steal_s[0] = slot >= 0 ? best : -1;
+                steal_s[1] = slot;
+            }
+        }
+        __syncthreads();
+        if (steal_s[0] < 0) break;  // block-uniform
+        run_phase(steal_s[0], steal_s[1], false, [] {});
+    }
+    // The last block to finish zeroes the claim and cell words for the next launch.
+    __syncthreads();
+    if (threadIdx.x == 0) done_s[0] = arrive_acq_rel(counts) == num_ranges - 1;
+    __syncthreads();
+    if (done_s[0]) {
+        for (int i = threadIdx.x; i < num_ranges + num_cells; i += NUM_THREADS) claims[i] = 0;
+        if (threadIdx.x == 0) counts[0] = 0;
+    }
+    RE_TL_MARK(out, 3);
+}
+#endif  // DYN
 
 #if O_PROJ
 // ---------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@
 //   merge_warps(sm, g, d4, M, l, acc)      block state of head g, dims 4*d4 .. 4*d4+3
 //   store_out4(p, acc, l)                  acc / l -> 4 dtype_t (l = 0: zeros)
 //   require_dynamic_smem(bytes)            trap when the launch gave less dynamic shared memory
+//   write_partial(sm, part_o, part_ml, i)  the block's state as partial rows i .. i + GROUP - 1
+//   merge_partials(part_o, part_ml, n, o)  o of the block's heads from n partial states
 //   finish_block(sm, ...)                  everything after the warp states are in sm: direct
 //                                          write (one active split), or partial write, counter
 //                                          and the last block's split merge + counter reset
@@ -88,6 +90,49 @@ __device__ __forceinline__ void store_out4(dtype_t* p, float4 acc, float lsum) {
     *reinterpret_cast<uint2*>(p) = pk.u;
 }
 
+// The block's state (its warps' states in sm, merged) as partial rows part_base + g, g < GROUP:
+// unnormalised o into part_o, (m, l) into part_ml. Every thread calls it.
+__device__ __forceinline__ void write_partial(const BlockSmem& sm, float* __restrict__ part_o,
+                                              float2* __restrict__ part_ml, size_t part_base) {
+    for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {
+        const int g = e / D4, d4 = e % D4;
+        float M, lsum;
+        float4 acc;
+        merge_warps(sm, g, d4, M, lsum, acc);
+        reinterpret_cast<float4*>(part_o + (part_base + g) * HEAD_DIM)[d4] = acc;
+        if (d4 == 0) part_ml[part_base + g] = make_float2(M, lsum);
+    }
+}
+
+// o of the GROUP heads at out (dtype_t [GROUP][HEAD_DIM]) from n partial states
+// (part_o [n][GROUP][HEAD_DIM], part_ml [n][GROUP]; empty ones have m = -inf, l = 0), read
+// through L2 (other blocks wrote them). Every thread calls it.
+__device__ __forceinline__ void merge_partials(const float* part_o, const float2* pml, int n,
+                                               dtype_t* __restrict__ out) {
+    const float4* po = reinterpret_cast<const float4*>(part_o);
+    for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {
+        const int g = e / D4, d4 = e % D4;
+        // One pass with a running max: the loads of 8 splits are independent and issue
+        // together (one L2 round trip per 8 splits instead of two passes).
+        float M = NEG_INF, lsum = 0.f;
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+        for (int s = 0; s < n; ++s) {
+            const float2 ml = __ldcg(pml + s * GROUP + g);
+            const float4 v = __ldcg(po + (s * GROUP + g) * D4 + d4);
+            const float M_new = fmaxf(M, ml.x);
+            const float a = merge_weight(M, M_new), wt = merge_weight(ml.x, M_new);
+            lsum = fmaf(wt, ml.y, lsum * a);
+            acc.x = fmaf(wt, v.x, acc.x * a);
+            acc.y = fmaf(wt, v.y, acc.y * a);
+            acc.z = fmaf(wt, v.z, acc.z * a);
+            acc.w = fmaf(wt, v.w, acc.w * a);
+            M = M_new;
+        }
+        store_out4(out + 4 * e, acc, lsum);
+    }
+}
+
 // The block's warp states are in sm (a __syncthreads after they were written). One active
 // split writes o directly; otherwise the block writes its partial (o, m, l), counts itself in,
 // and the last split of this (b, head block) to arrive merges all partials and resets the
@@ -109,43 +154,14 @@ __device__ __forceinline__ void finish_block(const BlockSmem& sm, dtype_t* __res
         return;
     }
     const size_t cell = (size_t)b * gridDim.y + hblk;  // (b, head block)
-    const size_t part_base = (cell * num_splits + split) * GROUP;
-    for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {
-        const int g = e / D4, d4 = e % D4;
-        float M, lsum;
-        float4 acc;
-        merge_warps(sm, g, d4, M, lsum, acc);
-        reinterpret_cast<float4*>(part_o + (part_base + g) * HEAD_DIM)[d4] = acc;
-        if (d4 == 0) part_ml[part_base + g] = make_float2(M, lsum);
-    }
+    write_partial(sm, part_o, part_ml, (cell * num_splits + split) * GROUP);
     // Publish the partials, then count this split in; the last one to arrive merges.
     __syncthreads();
     __shared__ int is_last;
     if (threadIdx.x == 0) is_last = arrive_acq_rel(counters + cell) == num_active - 1;
     __syncthreads();
     if (!is_last) return;
-    const float4* po = reinterpret_cast<const float4*>(part_o + cell * num_splits * GROUP * HEAD_DIM);
-    const float2* pml = part_ml + cell * num_splits * GROUP;
-    for (int e = threadIdx.x; e < GROUP * D4; e += NUM_THREADS) {
-        const int g = e / D4, d4 = e % D4;
-        // One pass with a running max: the loads of 8 splits are independent and issue
-        // together (one L2 round trip per 8 splits instead of two passes).
-        float M = NEG_INF, lsum = 0.f;
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-        for (int s = 0; s < num_active; ++s) {
-            const float2 ml = __ldcg(pml + s * GROUP + g);
-            const float4 v = __ldcg(po + (s * GROUP + g) * D4 + d4);
-            const float M_new = fmaxf(M, ml.x);
-            const float a = merge_weight(M, M_new), wt = merge_weight(ml.x, M_new);
-            lsum = fmaf(wt, ml.y, lsum * a);
-            acc.x = fmaf(wt, v.x, acc.x * a);
-            acc.y = fmaf(wt, v.y, acc.y * a);
-            acc.z = fmaf(wt, v.z, acc.z * a);
-            acc.w = fmaf(wt, v.w, acc.w * a);
-            M = M_new;
-        }
-        store_out4(out + out_base + 4 * e, acc, lsum);
-    }
+    merge_partials(part_o + cell * num_splits * GROUP * HEAD_DIM, part_ml + cell * num_splits * GROUP,
+                   num_active, out + out_base);
     if (threadIdx.x == 0) counters[cell] = 0;  // ready for the next launch (graph replay)
 }

@@ -55,3 +55,63 @@ kv_read_floor_kernel(const uint4* __restrict__ k_cache, const uint4* __restrict_
     const size_t blk = ((size_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
     out[blk * 256 + threadIdx.x] = acc;
 }
+
+// Dynamic variant: the same reads, but blocks claim them from one atomic counter instead of
+// owning a split, so a block on an SM that the memory system serves faster takes more of the
+// work and all blocks stream until the end of the call (tools/timeline_attention.py showed
+// the static splits' blocks ending 3-5% apart). Items: range r = (split, h, b) of the static
+// grid (R = S * Hkv * B ranges, split fastest), step s of UNROLL pages inside it; item
+// i = s * R + r, so at any moment the claimed items spread over all ranges, as in the static
+// grid. Thread 0 claims the next item while the block reads the current one.
+//   counters [2] int32: the claim counter and the finished-block count, zero on entry; the last
+//   block to finish zeroes both (graph replays need no reset).
+// Grid: any number of blocks (persistent: blocks per SM x SMs), 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+kv_read_floor_dyn_kernel(const uint4* __restrict__ k_cache, const uint4* __restrict__ v_cache,
+                         const int* __restrict__ block_tables, int pages_per_seq,
+                         int num_blocks, int num_kv_heads, int batch, int num_splits,
+                         int* __restrict__ counters, unsigned* __restrict__ out) {
+    RE_PDL_WAIT();
+    RE_PDL_TRIGGER();
+    __shared__ int claim_s[2];
+    const int per = (pages_per_seq + num_splits - 1) / num_splits;
+    const int num_ranges = num_splits * num_kv_heads * batch;
+    const int steps = (per + UNROLL - 1) / UNROLL;
+    const int total = num_ranges * steps;
+    if (threadIdx.x == 0) claim_s[0] = atomicAdd(counters, 1);
+    __syncthreads();
+    int item = claim_s[0];
+    unsigned acc = 0;
+    for (int it = 0; item < total; ++it) {
+        if (threadIdx.x == 0) claim_s[(it + 1) & 1] = atomicAdd(counters, 1);
+        const int r = item % num_ranges, s = item / num_ranges;
+        const int split = r % num_splits, h = (r / num_splits) % num_kv_heads;
+        const int b = r / (num_splits * num_kv_heads);
+        const int p_end = min(pages_per_seq, split * per + per);
+        const int p = split * per + s * UNROLL;
+        if (p < p_end) {
+            for (int i = threadIdx.x; i < RUN; i += 256) {
+                uint4 kr[UNROLL], vr[UNROLL];
+#pragma unroll
+                for (int u = 0; u < UNROLL; ++u) {
+                    const int page =
+                        block_tables[(size_t)b * pages_per_seq + min(p + u, p_end - 1)];
+                    const size_t run = HEAD_MAJOR ? (size_t)h * num_blocks + page
+                                                  : (size_t)page * num_kv_heads + h;
+                    kr[u] = __ldg(k_cache + run * RUN + i);
+                    vr[u] = __ldg(v_cache + run * RUN + i);
+                }
+#pragma unroll
+                for (int u = 0; u < UNROLL; ++u) acc ^= kr[u].x ^ kr[u].w ^ vr[u].y ^ vr[u].z;
+            }
+        }
+        __syncthreads();  // the next claim has landed; the slot read below is not rewritten
+        item = claim_s[(it + 1) & 1];  // before every thread has passed the next barrier
+    }
+    out[(size_t)blockIdx.x * 256 + threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0 && atomicAdd(counters + 1, 1) == (int)gridDim.x - 1) {
+        counters[0] = 0;  // every block has made its last claim
+        counters[1] = 0;
+    }
+}

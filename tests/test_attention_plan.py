@@ -85,3 +85,16 @@ def test_impl_plan_overrides_only_its_impl():
     t = ap.TUNING["default"]
     assert set(t["mma_plan"]) <= set(t) | {"merge_round_us"}
     assert "cuda_core_plan" not in t and "bulk_plan" not in t
+
+
+def test_steal_build_config():
+    """The work-stealing bulk build: part of the plan's config tuple, groups of at most 4."""
+    from rawengine.backends.cuda.attention_plan import (TUNING, _check_bulk_config,
+                                                        _config_tuple)
+
+    cfg = dict(impl="bulk", **{**TUNING["default"]["bulk"], "steal": 1})
+    assert _config_tuple(cfg)[-1] == 1
+    assert _config_tuple({**cfg, "steal": 0})[-1] == 0
+    assert _check_bulk_config(128, 4, cfg, TUNING["default"]) > 0
+    with pytest.raises(ValueError, match="at most 4"):
+        _check_bulk_config(128, 8, cfg, TUNING["default"])

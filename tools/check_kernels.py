@@ -79,6 +79,17 @@ VARIANTS += [
 ] + [
     ("decode_attention.cu", {"HEAD_DIM": 64, "GROUP": 3, **_DECODE_BULK, **BF16}),
     ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 4, **_DECODE_BULK, "UNROLL": 8}),
+    # its work-stealing build (bulk steal=1: decode_attention_dyn_kernel)
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 4, **_DECODE_BULK, "DYN": 1, "EXTRA": 8}),
+    ("decode_attention.cu", {"HEAD_DIM": 64, "GROUP": 3, **_DECODE_BULK, "DYN": 1, "EXTRA": 8,
+                             **BF16}),
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 1, **_DECODE_BULK, "DYN": 1, "EXTRA": 8}),
+    # the probe builds of tools/timeline_attention.py (timeline.cuh), and the read-floor probe
+    # (tools/read_floor.py)
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 4, **_DECODE_BULK, "TIMELINE": 1}),
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 4, **_DECODE_BULK, "DYN": 1, "EXTRA": 8,
+                             "TIMELINE": 1}),
+    ("kv_read_floor.cu", {"RUN": 256, "UNROLL": 4, "HEAD_MAJOR": 0}),
 ]
 
 

@@ -6,7 +6,9 @@
 Streams every K and V byte of one decode step with a kernel that computes nothing
 (kernels_cu/kv_read_floor.cu), for shuffled pages (the grid of tools/bench_attention.py) and
 in-order pages (what a freshly prefilled batch gets), page-major (the engine's [NB, Hkv, BS, D])
-and head-major layouts, over split counts and unrolls; then the default decode attention and the
+and head-major layouts, over split counts and unrolls; the same reads claimed dynamically from
+one atomic counter by a persistent grid (kv_read_floor_dyn_kernel: every block streams until
+the end of the call); then the default decode attention and the
 bulk kernel at S = 4 on both page orders, and with --torch torch SDPA flash on contiguous K/V,
 all in one process, graph replays as in the grid. If the best pure read is slower than torch,
 no attention kernel on that layout can match torch at that shape.
@@ -25,7 +27,8 @@ import cupy as cp
 import numpy as np
 from bench_attention import D, Paged, calls_for, copy_bandwidth, kv_bytes, time_cupy, torch_case
 
-from rawengine.backends.cuda.module import module
+from rawengine.backends.cuda import launch
+from rawengine.backends.cuda.module import kernel, module
 
 
 def main() -> None:
@@ -42,7 +45,7 @@ def main() -> None:
     pages = p.tables.shape[1]
     tables = {"shuffled": p.tables,
               "in-order": cp.arange(p.tables.size, dtype=cp.int32).reshape(p.tables.shape)}
-    out = cp.empty(b * hkv * 64 * 256, cp.uint32)
+    out = cp.empty(max(b * hkv * 64, 4096) * 256, cp.uint32)  # static grid / persistent grid
     run = a.page_size * D * 2 // 16
     n = calls_for(nbytes)
     print(f"copy {bw / 1e9:.0f} GB/s; B{b} {hq}/{hkv} L{length} page {a.page_size}: "
@@ -64,8 +67,24 @@ def main() -> None:
                     us = time_cupy(lambda fn=fn, s=s, args=args: fn((s, hkv, b), (256,), args), n)
                     key = (order, "head-major" if head_major else "page-major")
                     best[key] = min(best.get(key, (1e30,)), (us, unroll, s))
+    counters = cp.zeros(2, cp.int32)
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    for unroll in (2, 4, 8):
+        defines = {"RUN": run, "UNROLL": unroll, "HEAD_MAJOR": 0}
+        fn = module("kv_read_floor.cu", defines).get_function("kv_read_floor_dyn_kernel")
+        most = launch.blocks_per_sm(kernel("kv_read_floor.cu", "kv_read_floor_dyn_kernel",
+                                           defines), 256, 0)
+        for per_sm in sorted({1, 2, 4, most} - {m for m in (2, 4) if m > most}):
+            for order, tab in tables.items():
+                for s in (2, 4, 8):
+                    args = (p.k, p.v, tab, np.int32(pages), np.int32(p.k.shape[0]),
+                            np.int32(hkv), np.int32(b), np.int32(s), counters, out)
+                    us = time_cupy(lambda fn=fn, g=per_sm * sms, args=args: fn((g,), (256,), args),
+                                   n)
+                    key = (order, f"page-major dynamic {per_sm}/SM")
+                    best[key] = min(best.get(key, (1e30,)), (us, unroll, s))
     for (order, layout), (us, unroll, s) in sorted(best.items()):
-        print(f"read floor {order:8s} {layout:10s}  {us:8.1f} us {nbytes / us / 1e3:6.0f} GB/s "
+        print(f"read floor {order:8s} {layout:23s}  {us:8.1f} us {nbytes / us / 1e3:6.0f} GB/s "
               f"({100 * nbytes / us / 1e-6 / bw:5.1f}% copy; UNROLL {unroll}, S {s})", flush=True)
     for order, tab in tables.items():
         p.tables = tab

@@ -17,6 +17,7 @@ if not has_gpu():
 import cupy as cp  # noqa: E402
 
 from rawengine.backends.cuda.attention import decode_attention, get_workspace  # noqa: E402
+from rawengine.backends.cuda.attention_plan import STEAL_EXTRA  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 LENS = [1, 7, 97, 1025, 4099]
@@ -121,15 +122,21 @@ FLOOR = {"fp16": 2e-4, "bf16": 2e-3}
 # tolerance is needed for bf16.
 MMA = dict(impl="mma")  # the tuned tensor-core shape
 BULK = dict(impl="bulk")  # the tuned cp.async.bulk shape
-IMPL_CONFIGS = {"cuda_core": None, "mma": MMA, "bulk": BULK}
+STEAL = dict(impl="bulk", steal=1)  # its work-stealing build (decode_attention_dyn_kernel)
+IMPL_CONFIGS = {"cuda_core": None, "mma": MMA, "bulk": BULK, "steal": STEAL}
 # (variant, impl) pairs that exist: the tensor-core and bulk kernels are sync only
 VARIANT_IMPLS = [("sync", "cuda_core"), ("async", "cuda_core"), ("sync", "mma"),
-                 ("sync", "bulk")]
+                 ("sync", "bulk"), ("sync", "steal")]
 
 
 def needs_sm90(impl):
-    if impl == "bulk" and int(cp.cuda.Device().compute_capability) < 90:
+    if impl in ("bulk", "steal") and int(cp.cuda.Device().compute_capability) < 90:
         pytest.skip("impl='bulk' needs sm_90")
+
+
+def ws_slots(splits, impl):
+    """Partial-state slots per head block a workspace needs for this split count and impl."""
+    return splits + (STEAL_EXTRA if impl == "steal" else 0)
 
 
 @pytest.mark.parametrize("d", [64, 128])
@@ -218,6 +225,66 @@ def test_bulk_kernel_shapes(cfg, d, hq, hkv):
     check(case, out, scale, FLOOR["fp16"])
 
 
+@pytest.mark.parametrize("d,hq,hkv", [(128, 32, 8), (64, 9, 3), (128, 12, 6), (128, 8, 8)])
+@pytest.mark.parametrize("bs", [4, 16, 64])
+@pytest.mark.parametrize("splits", [1, 2, 5])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_steal_matches_reference(d, hq, hkv, bs, splits, dtype):
+    """Work-stealing build: one long sequence among short ones, so the blocks of the short ones
+    finish first and steal tiles of the long one's splits (asserted through the steal count);
+    every head of every sequence still matches the reference. Lengths off the tile grid."""
+    needs_sm90("steal")
+    rng = np.random.default_rng([d, hq, hkv, bs, splits, dtype == "bf16", 53])
+    lens = [20011, 1, 9, 300, 7, 4099]
+    case = Case(rng, lens, hq, hkv, d, bs, dtype)
+    scale = d ** -0.5
+    ws = get_workspace(len(lens), hq, hkv, d, ws_slots(splits, "steal"))
+    before = ws.steals()
+    out = case.run(scale, config=STEAL, num_splits=splits, workspace=ws)
+    check(case, out, scale, FLOOR[dtype])
+    assert ws.steals() > before, "no block stole: the test does not exercise stealing"
+
+
+def test_steal_graph_replays_reset_and_empty_sequences():
+    """Captured once: the kernel's last block zeroes the claim and cell words, so every replay
+    starts clean (lengths change between replays, never past the cache's, including 0: o = 0)
+    and keeps stealing."""
+    needs_sm90("steal")
+    rng = np.random.default_rng(59)
+    lens = [16000, 3000, 3000, 16000]
+    case = Case(rng, lens, 32, 8, 128, 16, "fp16")
+    scale = 128 ** -0.5
+    ws = get_workspace(4, 32, 8, 128, ws_slots(3, "steal"))
+    out = cp.empty((4, 32 * 128), cp.float16)
+    args = (case.q_dev, case.k_dev, case.v_dev, case.tables, case.seq_lens, scale)
+    kw = dict(max_seq_len=16000, workspace=ws, out=out, num_splits=3, config=STEAL)
+    stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()
+    with stream:
+        stream.begin_capture()
+        decode_attention(*args, **kw)
+        graph = stream.end_capture()
+        steals = ws.steals()
+        for new in ([16000, 2, 3000, 1], [15999, 0, 1, 2999], [16000, 3000, 3000, 16000],
+                    [0, 0, 0, 0], [1, 3000, 2, 16000]):
+            case.seq_lens[...] = cp.asarray(np.asarray(new, np.int32))
+            out.fill(np.nan)
+            graph.launch(stream)
+            stream.synchronize()
+            got = out.get().astype(np.float32).reshape(4, 32, 128)
+            empty = [i for i, n in enumerate(new) if n == 0]
+            for i in empty:
+                assert (got[i] == 0).all()
+            if len(empty) < 4:
+                fixed = [n if n else 1 for n in new]
+                ref_rows = case.reference(scale, lens=fixed)
+                for i in empty:
+                    got[i] = ref_rows[i]
+                check(case, got, scale, FLOOR["fp16"], lens=fixed)
+            assert int(ws.words[1:].get().max()) == 0, "claim / cell words not reset"
+        assert ws.steals() > steals
+
+
 def test_bulk_rejects_async_and_bad_shapes():
     needs_sm90("bulk")
     rng = np.random.default_rng(41)
@@ -226,6 +293,9 @@ def test_bulk_rejects_async_and_bad_shapes():
         case.run(128 ** -0.5, variant="async", phi=0.0, config=BULK)
     with pytest.raises(ValueError, match="16"):
         case.run(128 ** -0.5, config=dict(impl="bulk", unroll=16))
+    big = Case(rng, [17], 16, 2, 128, 16, "fp16")  # G 8: the steal build would spill
+    with pytest.raises(ValueError, match="at most 4"):
+        big.run(128 ** -0.5, config=STEAL)
 
 
 def test_mma_matches_cuda_core():
@@ -398,7 +468,7 @@ def test_graph_replay_with_new_lengths(variant, impl):
     case = Case(rng, [3000, 2999, 900, 2048], 32, 8, 128, 16, "fp16")
     scale = 128 ** -0.5
     phi = 0.0 if variant == "async" else None
-    ws = get_workspace(4, 32, 8, 128, 12)
+    ws = get_workspace(4, 32, 8, 128, ws_slots(12, impl))
     out = cp.empty((4, 32 * 128), cp.float16)
     args = (case.q_dev, case.k_dev, case.v_dev, case.tables, case.seq_lens, scale)
     kw = dict(max_seq_len=4096, variant=variant, phi=phi, workspace=ws, out=out, num_splits=12,
@@ -447,7 +517,7 @@ def test_short_lengths_in_capacity_graph(min_chunk, d, hq, hkv, variant, impl):
     case = Case(rng, [1100, 300, 33, 2], hq, hkv, d, 16, "fp16")
     scale = d ** -0.5
     phi = 0.0 if variant == "async" else None
-    ws = get_workspace(4, hq, hkv, d, 32)
+    ws = get_workspace(4, hq, hkv, d, ws_slots(32, impl))
     out = cp.empty((4, hq * d), cp.float16)
     args = (case.q_dev, case.k_dev, case.v_dev, case.tables, case.seq_lens, scale)
     kw = dict(max_seq_len=8192, variant=variant, phi=phi, workspace=ws, out=out, num_splits=32,
@@ -549,9 +619,9 @@ def test_early_loads_never_read_the_newest_key(variant, impl, d, hq, hkv):
     scale = d ** -0.5
     late = LateWriter(case)
     out = cp.empty((len(lens), hq * d), cp.float16)
-    ws = get_workspace(len(lens), hq, hkv, d, 8)
+    ws = get_workspace(len(lens), hq, hkv, d, ws_slots(8, impl))
     kw = dict(max_seq_len=max(lens), variant=variant, phi=0.0 if variant == "async" else None,
-              workspace=ws, out=out, num_splits=8, config={"impl": impl})
+              workspace=ws, out=out, num_splits=8, config=IMPL_CONFIGS[impl] or {})
     stream = cp.cuda.Stream(non_blocking=True)
     cp.cuda.Device().synchronize()
     with stream:

@@ -30,8 +30,8 @@ import cupy as cp
 import numpy as np
 
 # planning (no CuPy)
-from .attention_plan import (TUNING, _check_bulk_config, _check_mma_config, _config_tuple,
-                             head_group, kernel_config, plan_decode)
+from .attention_plan import (STEAL_EXTRA, TUNING, _check_bulk_config, _check_mma_config,
+                             _config_tuple, head_group, kernel_config, plan_decode)
 from .module import kernel
 
 LOG2E = 1.4426950408889634
@@ -49,18 +49,27 @@ class DecodeWorkspace:
     part_ml: cp.ndarray  # float32 [B * Hq * S * 2]
     counters: cp.ndarray  # int32 [B * head blocks], zero between launches
     fallback_count: cp.ndarray  # int32 [1], async blocks that fell back (monotonic)
+    # work-stealing build (bulk steal=1): the finished-block count and the steal count
+    # (monotonic) as two int32 of word 0, then claim and cell words, zero between launches
+    words: cp.ndarray  # uint64 [1 + B * head blocks * (slots + 1)]
 
     @classmethod
     def allocate(cls, batch: int, num_q_heads: int, head_dim: int, num_splits: int,
                  num_head_blocks: int) -> "DecodeWorkspace":
         n = batch * num_q_heads * num_splits
         return cls(cp.empty(n * head_dim, cp.float32), cp.empty(n * 2, cp.float32),
-                   cp.zeros(batch * num_head_blocks, cp.int32), cp.zeros(1, cp.int32))
+                   cp.zeros(batch * num_head_blocks, cp.int32), cp.zeros(1, cp.int32),
+                   cp.zeros(batch * num_head_blocks * (num_splits + 1) + 1, cp.uint64))
 
     def fits(self, batch, num_q_heads, head_dim, num_splits, num_head_blocks) -> bool:
         n = batch * num_q_heads * num_splits
         return (self.part_o.size >= n * head_dim and self.part_ml.size >= n * 2
-                and self.counters.size >= batch * num_head_blocks)
+                and self.counters.size >= batch * num_head_blocks
+                and self.words.size >= batch * num_head_blocks * (num_splits + 1) + 1)
+
+    def steals(self) -> int:
+        """Steals by work-stealing launches on this workspace so far (tests, tools)."""
+        return int(self.words[:1].view(cp.int32)[1].get())
 
 
 _WORKSPACES: dict[tuple, DecodeWorkspace] = {}
@@ -165,7 +174,10 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     'bulk' (cp.async.bulk rings, sm_90), both variant 'sync' only ('async' raises ValueError);
     a partial mma or bulk config such as
     dict(impl="mma", stages=4) takes the other keys (mma: num_warps, tile, stages,
-    min_blocks; bulk: num_warps, unroll, stages, min_blocks) from TUNING["default"][impl]."""
+    min_blocks; bulk: num_warps, unroll, stages, min_blocks, steal) from
+    TUNING["default"][impl]. bulk with steal=1 runs the work-stealing build: the same splits,
+    their tiles claimed at run time (its partial states are summed in an order that depends on
+    timing, so o can differ in the last bits between calls)."""
     if variant not in ("sync", "async"):
         raise ValueError(f"variant must be 'sync' or 'async', not {variant!r}")
     if variant == "async" and phi is None:
@@ -200,8 +212,10 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     if num_splits is None:
         num_splits = plan_decode(batch, hkv, int(max_seq_len), num_sms(cp.cuda.Device().id),
                                  group=hq // hkv, head_dim=d, config=_config_tuple(cfg))
-    ws = workspace or get_workspace(batch, hq, hkv, d, num_splits)
-    if not ws.fits(batch, hq, d, num_splits, y):
+    steal = impl == "bulk" and bool(cfg.get("steal", 0))
+    slots = num_splits + STEAL_EXTRA if steal else num_splits  # partial states per head block
+    ws = workspace or get_workspace(batch, hq, hkv, d, slots)
+    if not ws.fits(batch, hq, d, slots, y):
         raise ValueError("workspace too small for this batch / split count")
     if out is None:
         out = cp.empty((batch, hq * d), q.dtype)
@@ -221,6 +235,9 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
                        UNROLL=cfg["unroll"], BULK=cfg["stages"], PREFETCH=0,
                        MIN_BLOCKS=cfg.get("min_blocks", 1))
         name = ("decode_attention.cu", "decode_attention_kernel")
+        if steal:
+            defines.update(DYN=1, EXTRA=STEAL_EXTRA)
+            name = ("decode_attention.cu", "decode_attention_dyn_kernel")
     else:
         defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"],
                        UNROLL=cfg["unroll"], IS_ASYNC=int(is_async),
@@ -233,6 +250,12 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     fn = kernel(*name, defines)
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = smem
+    if steal:
+        fn((num_splits, y, batch), (cfg["num_warps"] * 32,),
+           (q, k_cache, v_cache, block_tables, seq_lens, out, ws.part_o, ws.part_ml, ws.words,
+            np.int32(hq), np.int32(hkv), np.int32(block_tables.shape[1]),
+            np.int32(bs.bit_length() - 1), np.float32(scale * LOG2E)), shared_mem=smem)
+        return out
     fn((num_splits, y, batch), (cfg["num_warps"] * 32,),
        (q, k_cache, v_cache, block_tables, seq_lens, out, ws.part_o, ws.part_ml, ws.counters,
         ws.fallback_count, np.int32(hq), np.int32(hkv), np.int32(block_tables.shape[1]),

@@ -36,7 +36,9 @@ TUNING = {
                     # CUDA-core kernel fed by cp.async.bulk rings (impl "bulk", sm_90, sync
                     # only): 8 warps x 2 slots of 8-token K/V tiles, 64 KB per block, one block
                     # per SM at 168 registers (session 6 A/B of 8 shapes: docs notes)
-                    bulk=dict(num_warps=8, unroll=4, stages=2, min_blocks=1),
+                    # steal 1: the work-stealing build (decode_attention_dyn_kernel; blocks
+                    # claim their tiles at run time and take over slower blocks' tails)
+                    bulk=dict(num_warps=8, unroll=4, stages=2, min_blocks=1, steal=0),
                     # where 'sync' runs the bulk build unasked: GQA groups of bulk_groups heads,
                     # head_dim 128, a step's K/V of >= bulk_min_kv_mb, sm_90 (H100, session 6,
                     # same call: 0.8-2.3% faster than 'cuda_core' on 32/8 from 1 GB of K/V up,
@@ -70,6 +72,7 @@ def head_group(num_q_heads: int, num_kv_heads: int) -> int:
 
 
 IMPLS = ("cuda_core", "mma", "bulk")
+STEAL_EXTRA = 8  # EXTRA of decode_attention_dyn_kernel: stolen-state slots per (sequence, head block)
 
 
 def kernel_config(head_dim: int, group: int, kv_bytes: int = 0,
@@ -142,6 +145,8 @@ def _check_bulk_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
             or tile > 16 or stages < 2):
         raise ValueError(f"bulk config needs num_warps and unroll powers of 2, at most 16 "
                          f"tokens per warp step (32 / (D / 8) * unroll) and stages >= 2: {cfg}")
+    if cfg.get("steal") and group > 4:  # the work-stealing build spills at G 8 (255 registers)
+        raise ValueError(f"bulk steal=1 serves GQA groups of at most 4 query heads, not {group}")
     return _fits_smem("bulk", cfg, bulk_smem_bytes(head_dim, group, cfg), tune)
 
 
@@ -170,11 +175,12 @@ def _blocks_per_sm(head_dim: int, group: int, cfg: dict, t: dict) -> int:
 
 def _config_tuple(cfg: dict) -> tuple:
     """plan_decode's hashable config: (num_warps, unroll), ('mma', num_warps, tile, stages)
-    or ('bulk', num_warps, unroll, stages, min_blocks)."""
+    or ('bulk', num_warps, unroll, stages, min_blocks, steal)."""
     if cfg.get("impl", "cuda_core") == "mma":
         return ("mma", cfg["num_warps"], cfg["tile"], cfg["stages"])
     if cfg.get("impl") == "bulk":
-        return ("bulk", cfg["num_warps"], cfg["unroll"], cfg["stages"], cfg.get("min_blocks", 1))
+        return ("bulk", cfg["num_warps"], cfg["unroll"], cfg["stages"], cfg.get("min_blocks", 1),
+                int(cfg.get("steal", 0)))
     return (cfg["num_warps"], cfg["unroll"])
 
 
@@ -200,7 +206,7 @@ def plan_decode(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int, *
     if config and config[0] == "mma":
         cfg = dict(zip(("impl", "num_warps", "tile", "stages"), config))
     elif config and config[0] == "bulk":
-        cfg = dict(zip(("impl", "num_warps", "unroll", "stages", "min_blocks"), config))
+        cfg = dict(zip(("impl", "num_warps", "unroll", "stages", "min_blocks", "steal"), config))
     elif config:
         cfg = dict(zip(("num_warps", "unroll"), config))
     else:
