@@ -27,6 +27,29 @@
 #define HEAD_MAJOR 0
 #endif
 
+// K and V runs of head h in pages p .. p + UNROLL - 1 of one sequence's table bt (the last
+// page < p_end repeated past it), read by the block's 256 threads; an XOR of the words read.
+__device__ __forceinline__ unsigned read_pages(const uint4* __restrict__ k_cache,
+                                               const uint4* __restrict__ v_cache,
+                                               const int* __restrict__ bt, int p, int p_end,
+                                               int h, int num_blocks, int num_kv_heads) {
+    unsigned acc = 0;
+    for (int i = threadIdx.x; i < RUN; i += 256) {
+        uint4 kr[UNROLL], vr[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int page = bt[min(p + u, p_end - 1)];
+            const size_t run = HEAD_MAJOR ? (size_t)h * num_blocks + page
+                                          : (size_t)page * num_kv_heads + h;
+            kr[u] = __ldg(k_cache + run * RUN + i);
+            vr[u] = __ldg(v_cache + run * RUN + i);
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) acc ^= kr[u].x ^ kr[u].w ^ vr[u].y ^ vr[u].z;
+    }
+    return acc;
+}
+
 extern "C" __global__ void __launch_bounds__(256)
 kv_read_floor_kernel(const uint4* __restrict__ k_cache, const uint4* __restrict__ v_cache,
                      const int* __restrict__ block_tables, int pages_per_seq, int num_blocks,
@@ -37,21 +60,9 @@ kv_read_floor_kernel(const uint4* __restrict__ k_cache, const uint4* __restrict_
     const int per = (pages_per_seq + gridDim.x - 1) / gridDim.x;
     const int p0 = split * per, p1 = min(pages_per_seq, p0 + per);
     unsigned acc = 0;
-    for (int p = p0; p < p1; p += UNROLL) {
-        for (int i = threadIdx.x; i < RUN; i += 256) {
-            uint4 kr[UNROLL], vr[UNROLL];
-#pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
-                const int page = block_tables[(size_t)b * pages_per_seq + min(p + u, p1 - 1)];
-                const size_t run = HEAD_MAJOR ? (size_t)h * num_blocks + page
-                                              : (size_t)page * num_kv_heads + h;
-                kr[u] = __ldg(k_cache + run * RUN + i);
-                vr[u] = __ldg(v_cache + run * RUN + i);
-            }
-#pragma unroll
-            for (int u = 0; u < UNROLL; ++u) acc ^= kr[u].x ^ kr[u].w ^ vr[u].y ^ vr[u].z;
-        }
-    }
+    for (int p = p0; p < p1; p += UNROLL)
+        acc ^= read_pages(k_cache, v_cache, block_tables + (size_t)b * pages_per_seq, p, p1, h,
+                          num_blocks, num_kv_heads);
     const size_t blk = ((size_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
     out[blk * 256 + threadIdx.x] = acc;
 }
@@ -89,22 +100,9 @@ kv_read_floor_dyn_kernel(const uint4* __restrict__ k_cache, const uint4* __restr
         const int b = r / (num_splits * num_kv_heads);
         const int p_end = min(pages_per_seq, split * per + per);
         const int p = split * per + s * UNROLL;
-        if (p < p_end) {
-            for (int i = threadIdx.x; i < RUN; i += 256) {
-                uint4 kr[UNROLL], vr[UNROLL];
-#pragma unroll
-                for (int u = 0; u < UNROLL; ++u) {
-                    const int page =
-                        block_tables[(size_t)b * pages_per_seq + min(p + u, p_end - 1)];
-                    const size_t run = HEAD_MAJOR ? (size_t)h * num_blocks + page
-                                                  : (size_t)page * num_kv_heads + h;
-                    kr[u] = __ldg(k_cache + run * RUN + i);
-                    vr[u] = __ldg(v_cache + run * RUN + i);
-                }
-#pragma unroll
-                for (int u = 0; u < UNROLL; ++u) acc ^= kr[u].x ^ kr[u].w ^ vr[u].y ^ vr[u].z;
-            }
-        }
+        if (p < p_end)
+            acc ^= read_pages(k_cache, v_cache, block_tables + (size_t)b * pages_per_seq, p,
+                              p_end, h, num_blocks, num_kv_heads);
         __syncthreads();  // the next claim has landed; the slot read below is not rewritten
         item = claim_s[(it + 1) & 1];  // before every thread has passed the next barrier
     }

@@ -32,29 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cupy as cp
 from bench_attention import Paged, calls_for, kv_bytes, time_cupy, torch_case
+from timeline_gemm import _built, _probe_kernel, _records, _zero
 
 from rawengine.backends.cuda import attention as attn
 from rawengine.backends.cuda import module
-
-TL_CAP = 1 << 18  # RE_TL_CAP of timeline.cuh
-_built: list[tuple[str, tuple]] = []
-
-
-def _probe_kernel(file: str, name: str, defines: dict):
-    d = {**defines, "TIMELINE": 1}
-    _built.append((file, tuple(sorted(d.items()))))
-    return module.kernel(file, name, d)
-
-
-def _records(mod) -> list[tuple[int, int, int, int]]:
-    """(time ns, ptr, linear block id, event) of every mark since the last _zero."""
-    n = int(cp.ndarray((1,), cp.uint32, memptr=mod.get_global("re_tl_n")).get()[0])
-    if n > TL_CAP:
-        raise SystemExit(f"timeline overflow: {n} records (> {TL_CAP}); use fewer calls")
-    t = cp.ndarray((n,), cp.uint64, memptr=mod.get_global("re_tl_t")).get()
-    p = cp.ndarray((n,), cp.uint64, memptr=mod.get_global("re_tl_p")).get()
-    tag = cp.ndarray((n,), cp.uint32, memptr=mod.get_global("re_tl_tag")).get()
-    return [(int(t[i]), int(p[i]), int(tag[i] >> 12), int(tag[i] & 15)) for i in range(n)]
 
 
 def _q(v: list[float], f: float) -> float:
@@ -108,7 +89,7 @@ def run_case(spec: str, in_order: bool, n_calls: int) -> dict:
             graph.launch(stream)
             stream.synchronize()
             for m in mods:
-                cp.ndarray((1,), cp.uint32, memptr=m.get_global("re_tl_n")).fill(0)
+                _zero(m)
             graph.launch(stream)
             stream.synchronize()
     finally:
@@ -118,7 +99,7 @@ def run_case(spec: str, in_order: bool, n_calls: int) -> dict:
     calls = []
     for i in range(n_calls):
         ev: dict[int, dict[int, float]] = {}
-        for t, ptr, blk, e in recs:
+        for t, ptr, blk, _sm, e in recs:
             if order.get(ptr) == i:
                 ev.setdefault(e, {})[blk] = t / 1e3
         if 1 in ev and 2 in ev:
