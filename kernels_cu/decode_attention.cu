@@ -703,6 +703,11 @@ decode_attention_dyn_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
     unsigned long long* cells = words + 1 + num_ranges;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int dvec = lane % LANES_PER_TOK, group_q = num_q_heads / num_kv_heads;
+    auto home_wait = [&] {  // run by the home phase once its first (static) tiles are out
+        RE_PDL_WAIT();
+        RE_PDL_TRIGGER();
+        RE_TL_MARK(out, 1);
+    };
     require_dynamic_smem(max(BULK_RING_BYTES, (int)sizeof(BlockSmem)));
     BlockSmem& sm = *reinterpret_cast<BlockSmem*>(bulk_smem);  // overlays the rings, per phase
     __shared__ int tiles_s[NUM_WARPS];
@@ -768,11 +773,7 @@ decode_attention_dyn_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
     };
     const int home = blockIdx.x + S * (blockIdx.y + Y * blockIdx.z);
     RE_TL_MARK(out, 0);
-    run_phase(home, blockIdx.x, true, [&] {
-        RE_PDL_WAIT();
-        RE_PDL_TRIGGER();
-        RE_TL_MARK(out, 1);
-    });
+    run_phase(home, blockIdx.x, true, home_wait);
     RE_TL_MARK(out, 2);
     for (;;) {
         if (warp == 0) {  // the range with the most unclaimed tiles, and a slot of its cell
