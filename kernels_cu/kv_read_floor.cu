@@ -108,7 +108,7 @@ kv_read_floor_dyn_kernel(const uint4* __restrict__ k_cache, const uint4* __restr
     }
     out[(size_t)blockIdx.x * 256 + threadIdx.x] = acc;
     __syncthreads();
-    if (threadIdx.x == 0 && atomicAdd(counters + 1, 1) == (int)gridDim.x - 1) {
+    if (threadIdx.x == 0 && arrive_acq_rel(counters + 1) == (int)gridDim.x - 1) {
         counters[0] = 0;  // every block has made its last claim
         counters[1] = 0;
     }

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cupy as cp
 from bench_attention import Paged, calls_for, kv_bytes, time_cupy, torch_case
-from timeline_gemm import _built, _probe_kernel, _records, _zero
+from timeline_gemm import _built, _probe_kernel, record_graph
 
 from rawengine.backends.cuda import attention as attn
 from rawengine.backends.cuda import module
@@ -80,21 +80,9 @@ def run_case(spec: str, in_order: bool, n_calls: int) -> dict:
     try:
         _built.clear()
         chain()  # builds the probe kernel
-        mods = {module.module(f, dict(d)) for f, d in _built}
-        stream = cp.cuda.Stream(non_blocking=True)
-        with stream:
-            stream.begin_capture()
-            chain()
-            graph = stream.end_capture()
-            graph.launch(stream)
-            stream.synchronize()
-            for m in mods:
-                _zero(m)
-            graph.launch(stream)
-            stream.synchronize()
+        recs = record_graph(chain)
     finally:
         attn.kernel = module.kernel
-    recs = [r for m in mods for r in _records(m)]
     order = {int(o.data.ptr): i for i, o in enumerate(outs)}
     calls = []
     for i in range(n_calls):
