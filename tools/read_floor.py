@@ -2,11 +2,14 @@
 """The bandwidth floor a paged K/V layout allows decode attention (GPU machine).
 
     PYTHONPATH=. python3 tools/read_floor.py [--case B:HQ:HKV:L] [--page-size 16] [--torch]
+                                             [--orders shuffled,in-order[,sorted,window]] [--quick]
 
 Streams every K and V byte of one decode step with a kernel that computes nothing
-(kernels_cu/kv_read_floor.cu), for shuffled pages (the grid of tools/bench_attention.py) and
-in-order pages (what a freshly prefilled batch gets), page-major (the engine's [NB, Hkv, BS, D])
-and head-major layouts, over split counts and unrolls; the same reads claimed dynamically from
+(kernels_cu/kv_read_floor.cu), for shuffled pages (the grid of tools/bench_attention.py),
+in-order pages (what a freshly prefilled batch gets) and optionally other page orders (see
+--orders), page-major (the engine's [NB, Hkv, BS, D]), head-major and "all-heads" (a block
+reads whole pages: every KV head's run, the kernel called with one head of HKV runs) layouts,
+over split counts and unrolls; the same reads claimed dynamically from
 one atomic counter by a persistent grid (kv_read_floor_dyn_kernel: every block streams until
 the end of the call); then the default decode attention and the
 bulk kernel at S = 4 on both page orders, and with --torch torch SDPA flash on contiguous K/V,
@@ -31,11 +34,33 @@ from rawengine.backends.cuda import launch
 from rawengine.backends.cuda.module import kernel, module
 
 
+def page_order(order: str, shuffled: cp.ndarray, page_bytes: int) -> cp.ndarray:
+    """Block tables [B, pages] of one page order (see --orders)."""
+    if order == "shuffled":
+        return shuffled
+    if order == "sorted":
+        return cp.sort(shuffled, axis=1)
+    ids = np.arange(shuffled.size, dtype=np.int32)
+    if order == "window":
+        w = max(1, (2 << 20) // page_bytes)
+        rng = np.random.default_rng(1)
+        for i in range(0, ids.size, w):
+            ids[i:i + w] = rng.permutation(ids[i:i + w])
+    elif order != "in-order":
+        raise SystemExit(f"unknown page order {order!r}")
+    return cp.asarray(ids.reshape(shuffled.shape))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", default="8:32:8:65536", help="B:HQ:HKV:L")
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--torch", action="store_true")
+    ap.add_argument("--orders", default="shuffled,in-order",
+                    help="page orders, of: shuffled, in-order, sorted (each sequence's shuffled "
+                         "pages visited in address order), window (in-order pages shuffled "
+                         "within 2 MB windows of K)")
+    ap.add_argument("--quick", action="store_true", help="fewer static and dynamic variants")
     a = ap.parse_args()
     b, hq, hkv, length = (int(v) for v in a.case.split(":"))
     nbytes = kv_bytes(b, hkv, length)
@@ -43,8 +68,7 @@ def main() -> None:
     t_torch = torch_case(b, hq, hkv, length) if a.torch else None
     p = Paged(b, hq, hkv, length, bs=a.page_size)
     pages = p.tables.shape[1]
-    tables = {"shuffled": p.tables,
-              "in-order": cp.arange(p.tables.size, dtype=cp.int32).reshape(p.tables.shape)}
+    tables = {o: page_order(o, p.tables, hkv * a.page_size * D * 2) for o in a.orders.split(",")}
     out = cp.empty(max(b * hkv * 64, 4096) * 256, cp.uint32)  # static grid / persistent grid
     run = a.page_size * D * 2 // 16
     n = calls_for(nbytes)
@@ -54,41 +78,54 @@ def main() -> None:
         print(f"torch SDPA flash (contiguous K/V)   {t_torch:8.1f} us "
               f"{nbytes / t_torch / 1e3:6.0f} GB/s", flush=True)
     best = {}
-    for head_major in (0, 1):
-        for unroll in (2, 4, 8):
+    # (name, HEAD_MAJOR, uint4 per run, runs per page, split counts): "all-heads" reads whole
+    # pages (every KV head's run of the engine's layout, one contiguous piece) per block, as a
+    # kernel whose warps take the heads of one page would (grid (S, 1, B)).
+    layouts = [("page-major", 0, run, hkv, (2, 4) if a.quick else (2, 4, 8, 16)),
+               ("all-heads", 0, run * hkv, 1, (16, 32) if a.quick else (8, 16, 32, 64))]
+    if not a.quick:
+        layouts.append(("head-major", 1, run, hkv, (2, 4, 8, 16)))
+    for layout, head_major, lrun, heads, splits in layouts:
+        for unroll in (4,) if a.quick else (2, 4, 8):
             # a plain launch (no programmatic launch: calls never overlap)
-            fn = module("kv_read_floor.cu", {"RUN": run, "UNROLL": unroll,
+            fn = module("kv_read_floor.cu", {"RUN": lrun, "UNROLL": unroll,
                                              "HEAD_MAJOR": head_major}).get_function(
                                                  "kv_read_floor_kernel")
             for order, tab in tables.items():
-                for s in (2, 4, 8, 16):
+                for s in splits:
                     args = (p.k, p.v, tab, np.int32(pages), np.int32(p.k.shape[0]),
-                            np.int32(hkv), out)
-                    us = time_cupy(lambda fn=fn, s=s, args=args: fn((s, hkv, b), (256,), args), n)
-                    key = (order, "head-major" if head_major else "page-major")
-                    best[key] = min(best.get(key, (1e30,)), (us, unroll, s))
+                            np.int32(heads), out)
+                    us = time_cupy(lambda fn=fn, s=s, h=heads, args=args: fn((s, h, b), (256,),
+                                                                                args), n)
+                    best[(order, layout)] = min(best.get((order, layout), (1e30,)),
+                                                (us, unroll, s))
     counters = cp.zeros(2, cp.int32)
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
-    for unroll in (2, 4, 8):
-        defines = {"RUN": run, "UNROLL": unroll, "HEAD_MAJOR": 0}
-        fn = module("kv_read_floor.cu", defines).get_function("kv_read_floor_dyn_kernel")
-        most = launch.blocks_per_sm(kernel("kv_read_floor.cu", "kv_read_floor_dyn_kernel",
-                                           defines), 256, 0)
-        for per_sm in sorted({1, 2, 4, most} - {m for m in (2, 4) if m > most}):
-            for order, tab in tables.items():
-                for s in (2, 4, 8):
-                    args = (p.k, p.v, tab, np.int32(pages), np.int32(p.k.shape[0]),
-                            np.int32(hkv), np.int32(b), np.int32(s), counters, out)
-                    us = time_cupy(lambda fn=fn, g=per_sm * sms, args=args: fn((g,), (256,), args),
-                                   n)
-                    key = (order, f"page-major dynamic {per_sm}/SM")
-                    best[key] = min(best.get(key, (1e30,)), (us, unroll, s))
+    for layout, lrun, heads, splits in (("page-major", run, hkv, (2, 4, 8)),
+                                        ("all-heads", run * hkv, 1, (16, 32, 64))):
+        for unroll in (4,) if a.quick else (2, 4, 8):
+            defines = {"RUN": lrun, "UNROLL": unroll, "HEAD_MAJOR": 0}
+            fn = module("kv_read_floor.cu", defines).get_function("kv_read_floor_dyn_kernel")
+            most = launch.blocks_per_sm(kernel("kv_read_floor.cu", "kv_read_floor_dyn_kernel",
+                                               defines), 256, 0)
+            per_sms = (4,) if a.quick else sorted({1, 2, 4, most} - {m for m in (2, 4)
+                                                                    if m > most})
+            for per_sm in per_sms:
+                for order, tab in tables.items():
+                    for s in splits[1:2] if a.quick else splits:
+                        args = (p.k, p.v, tab, np.int32(pages), np.int32(p.k.shape[0]),
+                                np.int32(heads), np.int32(b), np.int32(s), counters, out)
+                        us = time_cupy(lambda fn=fn, g=per_sm * sms, args=args: fn((g,), (256,),
+                                                                                   args), n)
+                        key = (order, f"{layout} dynamic {per_sm}/SM")
+                        best[key] = min(best.get(key, (1e30,)), (us, unroll, s))
     for (order, layout), (us, unroll, s) in sorted(best.items()):
         print(f"read floor {order:8s} {layout:23s}  {us:8.1f} us {nbytes / us / 1e3:6.0f} GB/s "
               f"({100 * nbytes / us / 1e-6 / bw:5.1f}% copy; UNROLL {unroll}, S {s})", flush=True)
     for order, tab in tables.items():
         p.tables = tab
-        for name, kw in (("default", {}), ("bulk S4", dict(config={"impl": "bulk"}, num_splits=4))):
+        for name, kw in (("default", {}), ("bulk S4", dict(config={"impl": "bulk"}, num_splits=4)),
+                         ("steal", {"config": {"impl": "bulk", "steal": 1}})):
             try:
                 us = time_cupy(p.fn("sync", **kw), n)
             except ValueError as e:  # bulk needs sm_90 and a GQA group of 2-4

@@ -69,6 +69,7 @@ def run_case(spec: str, in_order: bool, n_calls: int) -> dict:
     splits = kw.get("num_splits") or attn.planned_splits(b, hq, hkv, 128, length,
                                                          kw.get("config"))
     us_plain = time_cupy(p.fn("sync", **kw), calls_for(nbytes))
+    ref = p.out.astype(cp.float32)  # the plain build's o: the probe's calls must match it
     outs = [cp.empty_like(p.out) for _ in range(n_calls)]
 
     def chain():
@@ -80,9 +81,12 @@ def run_case(spec: str, in_order: bool, n_calls: int) -> dict:
     try:
         _built.clear()
         chain()  # builds the probe kernel
-        recs = record_graph(chain)
+        recs = record_graph(chain, before=lambda: [o.fill(float("nan")) for o in outs])
     finally:
         attn.kernel = module.kernel
+    # the recorded replay's outputs (poisoned before it): a call that skipped work shows here
+    errs = [float(cp.nan_to_num(cp.abs(o.astype(cp.float32) - ref), nan=cp.inf).max())
+            for o in outs]
     order = {int(o.data.ptr): i for i, o in enumerate(outs)}
     calls = []
     for i in range(n_calls):
@@ -91,9 +95,10 @@ def run_case(spec: str, in_order: bool, n_calls: int) -> dict:
             if order.get(ptr) == i:
                 ev.setdefault(e, {})[blk] = t / 1e3
         if 1 in ev and 2 in ev:
-            calls.append(dict(call=i, **call_stats(ev)))
+            calls.append({"call": i, "max_err": errs[i], **call_stats(ev)})
     inner = calls[1:-1] or calls
-    med = {k: statistics.median(c[k] for c in inner) for k in inner[0] if k != "call"}
+    med = {k: statistics.median(c[k] for c in inner) for k in inner[0]
+           if k not in ("call", "max_err")}
     p.free()
     return dict(case=spec, in_order=in_order, splits=splits, us_plain=us_plain,
                 gbs_plain=nbytes / us_plain / 1e3, gbs_median_block=nbytes / med["end_med"] / 1e3,
@@ -120,11 +125,11 @@ def main(argv=None) -> int:
         print(f"\n== {spec} {'in-order' if a.in_order else 'shuffled'} S {r['splits']}: plain "
               f"{r['us_plain']:.1f} us ({r['gbs_plain']:.0f} GB/s)"
               + (f", torch {r['us_torch']:.1f} us" if r.get("us_torch") else ""))
-        print(" call blocks wait.spr end.p10 end.med end.p90 end.last exit.last idle%")
+        print(" call blocks wait.spr end.p10 end.med end.p90 end.last exit.last idle%  max|o-ref|")
         for c in r["calls"]:
             print(f" {c['call']:4d} {c['blocks']:6d} {c['wait_spread']:8.2f} {c['end_p10']:7.1f} "
                   f"{c['end_med']:7.1f} {c['end_p90']:7.1f} {c['end_last']:8.1f} "
-                  f"{c['exit_last']:9.1f} {100 * c['idle']:5.2f}")
+                  f"{c['exit_last']:9.1f} {100 * c['idle']:5.2f}  {c['max_err']:.1e}")
         print(f" median: last block {m['end_last']:.1f} us vs median block {m['end_med']:.1f} "
               f"({100 * (m['end_last'] / m['end_med'] - 1):.2f}% later), idle "
               f"{100 * m['idle']:.2f}%; rate to the median end {r['gbs_median_block']:.0f} GB/s")

@@ -58,10 +58,15 @@ def _records(mod) -> list[tuple[int, int, int, int, int]]:
             for i in range(n)]
 
 
-def record_graph(chain, warm: int = 1) -> list[tuple[int, int, int, int, int]]:
+def record_graph(chain, warm: int = 1, before=None) -> list[tuple[int, int, int, int, int]]:
     """Captures chain() (whose probe kernels are built: _built lists them) as one CUDA graph,
-    replays it `warm` times, then once more with the logs zeroed; that replay's records."""
+    replays it `warm` times, then once more with the logs zeroed (and before(), if given, run
+    on the stream first: e.g. poisoning outputs the caller checks); that replay's records."""
     mods = {module.module(f, dict(d)) for f, d in _built}
+    # The caller's eager calls (which built the probe kernels, on the null stream) may still
+    # run: a non-blocking stream does not wait for them, and a replay overlapping them shares
+    # their workspaces (two grids on one decode-attention workspace corrupt its counters).
+    cp.cuda.Device().synchronize()
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
@@ -72,6 +77,8 @@ def record_graph(chain, warm: int = 1) -> list[tuple[int, int, int, int, int]]:
         stream.synchronize()
         for m in mods:
             _zero(m)
+        if before is not None:
+            before()
         graph.launch(stream)
         stream.synchronize()
     return [r for m in mods for r in _records(m)]
