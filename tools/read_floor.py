@@ -78,33 +78,35 @@ def main() -> None:
         print(f"torch SDPA flash (contiguous K/V)   {t_torch:8.1f} us "
               f"{nbytes / t_torch / 1e3:6.0f} GB/s", flush=True)
     best = {}
-    # (name, HEAD_MAJOR, uint4 per run, runs per page, split counts): "all-heads" reads whole
-    # pages (every KV head's run of the engine's layout, one contiguous piece) per block, as a
-    # kernel whose warps take the heads of one page would (grid (S, 1, B)).
-    layouts = [("page-major", 0, run, hkv, (2, 4) if a.quick else (2, 4, 8, 16)),
-               ("all-heads", 0, run * hkv, 1, (16, 32) if a.quick else (8, 16, 32, 64))]
+
+    def keep(key, us, unroll, s):
+        best[key] = min(best.get(key, (1e30,)), (us, unroll, s))
+
+    # (name, HEAD_MAJOR, uint4 per run, runs per page, static split counts, dynamic ones):
+    # "all-heads" reads whole pages (every KV head's run of the engine's layout, one contiguous
+    # piece) per block, as a kernel whose warps take the heads of one page would (grid (S, 1, B)).
+    layouts = [("page-major", 0, run, hkv, (2, 4) if a.quick else (2, 4, 8, 16),
+                (4,) if a.quick else (2, 4, 8)),
+               ("all-heads", 0, run * hkv, 1, (16, 32) if a.quick else (8, 16, 32, 64),
+                (32,) if a.quick else (16, 32, 64))]
     if not a.quick:
-        layouts.append(("head-major", 1, run, hkv, (2, 4, 8, 16)))
-    for layout, head_major, lrun, heads, splits in layouts:
+        layouts.append(("head-major", 1, run, hkv, (2, 4, 8, 16), ()))
+    counters = cp.zeros(2, cp.int32)
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    for layout, head_major, lrun, heads, splits, dyn_splits in layouts:
         for unroll in (4,) if a.quick else (2, 4, 8):
+            defines = {"RUN": lrun, "UNROLL": unroll, "HEAD_MAJOR": head_major}
             # a plain launch (no programmatic launch: calls never overlap)
-            fn = module("kv_read_floor.cu", {"RUN": lrun, "UNROLL": unroll,
-                                             "HEAD_MAJOR": head_major}).get_function(
-                                                 "kv_read_floor_kernel")
+            fn = module("kv_read_floor.cu", defines).get_function("kv_read_floor_kernel")
             for order, tab in tables.items():
                 for s in splits:
                     args = (p.k, p.v, tab, np.int32(pages), np.int32(p.k.shape[0]),
                             np.int32(heads), out)
                     us = time_cupy(lambda fn=fn, s=s, h=heads, args=args: fn((s, h, b), (256,),
                                                                                 args), n)
-                    best[(order, layout)] = min(best.get((order, layout), (1e30,)),
-                                                (us, unroll, s))
-    counters = cp.zeros(2, cp.int32)
-    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
-    for layout, lrun, heads, splits in (("page-major", run, hkv, (2, 4, 8)),
-                                        ("all-heads", run * hkv, 1, (16, 32, 64))):
-        for unroll in (4,) if a.quick else (2, 4, 8):
-            defines = {"RUN": lrun, "UNROLL": unroll, "HEAD_MAJOR": 0}
+                    keep((order, layout), us, unroll, s)
+            if not dyn_splits:
+                continue
             fn = module("kv_read_floor.cu", defines).get_function("kv_read_floor_dyn_kernel")
             most = launch.blocks_per_sm(kernel("kv_read_floor.cu", "kv_read_floor_dyn_kernel",
                                                defines), 256, 0)
@@ -112,13 +114,12 @@ def main() -> None:
                                                                     if m > most})
             for per_sm in per_sms:
                 for order, tab in tables.items():
-                    for s in splits[1:2] if a.quick else splits:
+                    for s in dyn_splits:
                         args = (p.k, p.v, tab, np.int32(pages), np.int32(p.k.shape[0]),
                                 np.int32(heads), np.int32(b), np.int32(s), counters, out)
                         us = time_cupy(lambda fn=fn, g=per_sm * sms, args=args: fn((g,), (256,),
                                                                                    args), n)
-                        key = (order, f"{layout} dynamic {per_sm}/SM")
-                        best[key] = min(best.get(key, (1e30,)), (us, unroll, s))
+                        keep((order, f"{layout} dynamic {per_sm}/SM"), us, unroll, s)
     for (order, layout), (us, unroll, s) in sorted(best.items()):
         print(f"read floor {order:8s} {layout:23s}  {us:8.1f} us {nbytes / us / 1e3:6.0f} GB/s "
               f"({100 * nbytes / us / 1e-6 / bw:5.1f}% copy; UNROLL {unroll}, S {s})", flush=True)
