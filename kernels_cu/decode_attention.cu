@@ -66,7 +66,8 @@
 // near 3.0 TB/s on H100 (the loads in flight per warp end where its compute begins).
 // Defines: HEAD_DIM (64 | 128), GROUP (1..8), NUM_WARPS, UNROLL, IS_ASYNC, DTYPE_BF16,
 // PREFETCH (1: L2-prefetch each warp's next tile while computing the current one),
-// MIN_BLOCKS (launch bound: 16 warps / NUM_WARPS keeps G <= 4 at 128 registers), BULK.
+// MIN_BLOCKS (launch bound: 16 warps / NUM_WARPS keeps G <= 4 at 128 registers), BULK;
+// NO_MATH (probe builds only: the ring loops skip the math, o is garbage; tools/read_floor.py).
 // The block/split half (BlockSmem, warp merge, partials, counter, split merge) lives in
 // decode_common.cuh, shared with the tensor-core variant decode_attention_mma.cu.
 #include "common.cuh"
@@ -91,6 +92,9 @@
 #endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1  // resident blocks per SM to guarantee (caps registers)
+#endif
+#ifndef NO_MATH
+#define NO_MATH 0  // probe builds only: bulk/dyn loops read each slot but skip the math
 #endif
 #ifndef BULK
 #define BULK 0  // > 0: K/V arrive through per-warp shared-memory rings of BULK slots (below)
@@ -313,6 +317,20 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
                 for (int i = 0; i < VEC; ++i) o[g][i] = fmaf(s[u][g], vf[i], o[g][i]);
         }
     };
+    // The ring loops' math: NO_MATH probe builds (tools/read_floor.py) only fold the slot's
+    // registers into o, so they time the ring and its reads without the math.
+    auto use_step = [&](int t0) {
+#if NO_MATH
+        unsigned x = 0;
+#pragma unroll
+        for (int u = 0; u < U; ++u) x ^= kr[u].x ^ kr[u].w ^ vr[u].y ^ vr[u].z;
+        o[0][0] += (float)(x & 1u);
+        (void)t0;
+#else
+        compute_step(t0);
+#endif
+    };
+    (void)use_step;
 #if DYN
     // The warp's ring (as below), filled with the tiles it claims: ph.front, its first BULK fills
     // are its tiles of [0, k0) (warp + j * NUM_WARPS), then lane 0 claims CLAIM tiles at a time
@@ -409,7 +427,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
                 vr[u] = *reinterpret_cast<const uint4*>(rows + (TILE + r) * HEAD_DIM);
             }
         }
-        compute_step(t0);
+        use_step(t0);
         ++ph.tiles;
         __syncwarp();  // every lane has used the slot: refill it
         const int tn = tile_ahead;
@@ -489,7 +507,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
                 vr[u] = *reinterpret_cast<const uint4*>(slot + (TILE + r) * HEAD_DIM);
             }
         }
-        compute_step(t0);
+        use_step(t0);
         if (i == n_tiles - 1) AO_STAMP(7);  // warp 0's last tile computed
         __syncwarp();  // every lane has used the slot: refill it
         if (i + BULK < n_tiles) {

@@ -165,7 +165,9 @@ class Paged:
         cp.get_default_memory_pool().free_all_blocks()
 
 
-def torch_case(b, hq, hkv, length):
+def torch_case(b, hq, hkv, length, also=None):
+    """Torch SDPA flash time (us) on contiguous K/V, or None; also(run), when given, runs
+    before the tensors are freed (tools/read_floor.py --power)."""
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -183,6 +185,8 @@ def torch_case(b, hq, hkv, length):
     except Exception as e:  # noqa: BLE001 - record and go on
         print(f"  torch failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
         us = None
+    if also is not None and us is not None:
+        also(run)
     del q, k, v
     torch.cuda.empty_cache()
     return us

@@ -2,7 +2,8 @@
 """The bandwidth floor a paged K/V layout allows decode attention (GPU machine).
 
     PYTHONPATH=. python3 tools/read_floor.py [--case B:HQ:HKV:L] [--page-size 16] [--torch]
-                                             [--orders shuffled,in-order[,sorted,window]] [--quick]
+                                             [--orders shuffled,in-order[,sorted,window,reverse]]
+                                             [--quick] [--power]
 
 Streams every K and V byte of one decode step with a kernel that computes nothing
 (kernels_cu/kv_read_floor.cu), for shuffled pages (the grid of tools/bench_attention.py),
@@ -11,16 +12,20 @@ in-order pages (what a freshly prefilled batch gets) and optionally other page o
 reads whole pages: every KV head's run, the kernel called with one head of HKV runs) layouts,
 over split counts and unrolls; the same reads claimed dynamically from
 one atomic counter by a persistent grid (kv_read_floor_dyn_kernel: every block streams until
-the end of the call); then the default decode attention and the
-bulk kernel at S = 4 on both page orders, and with --torch torch SDPA flash on contiguous K/V,
-all in one process, graph replays as in the grid. If the best pure read is slower than torch,
-no attention kernel on that layout can match torch at that shape.
+the end of the call); then the default decode attention, the bulk kernel at S = 4, the
+work-stealing build, and the bulk and stealing builds without their math (NO_MATH probe builds:
+the same rings and reads) on each page order, and with --torch torch SDPA flash on contiguous
+K/V, all in one process, graph replays as in the grid. If the best pure read is slower than
+torch, no attention kernel on that layout can match torch at that shape. --power adds each
+attention row's board power, SM clock and throttle reason (nvidia-smi, 1.5 s back to back).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +35,7 @@ import cupy as cp
 import numpy as np
 from bench_attention import D, Paged, calls_for, copy_bandwidth, kv_bytes, time_cupy, torch_case
 
+from rawengine.backends.cuda import attention as attn
 from rawengine.backends.cuda import launch
 from rawengine.backends.cuda.module import kernel, module
 
@@ -41,6 +47,8 @@ def page_order(order: str, shuffled: cp.ndarray, page_bytes: int) -> cp.ndarray:
     if order == "sorted":
         return cp.sort(shuffled, axis=1)
     ids = np.arange(shuffled.size, dtype=np.int32)
+    if order == "reverse":  # a LIFO free list's reuse of a released in-order table
+        return cp.asarray(ids.reshape(shuffled.shape)[:, ::-1].copy())
     if order == "window":
         w = max(1, (2 << 20) // page_bytes)
         rng = np.random.default_rng(1)
@@ -51,6 +59,30 @@ def page_order(order: str, shuffled: cp.ndarray, page_bytes: int) -> cp.ndarray:
     return cp.asarray(ids.reshape(shuffled.shape))
 
 
+def power_draw(run, secs: float = 1.5) -> str:
+    """Median board power, median and lowest SM clock, and the throttle reasons most often
+    seen while `run` repeats back to back for `secs` (nvidia-smi samples every 100 ms; the
+    first 3 samples, the ramp, are dropped). Why: at 3 TB/s the H100 reaches its power cap, and
+    a kernel at the cap runs at the clocks the cap leaves it (session 20)."""
+    fields = "power.draw,clocks.sm,clocks_throttle_reasons.active"
+    log = subprocess.Popen(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits",
+                            "-lms", "100"], stdout=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while time.time() - t0 < secs:
+        for _ in range(20):
+            run()
+        cp.cuda.Device().synchronize()
+    log.terminate()
+    rows = [r.split(", ") for r in log.communicate()[0].strip().splitlines()[3:-1]]
+    if not rows:
+        return "no samples"
+    watts = sorted(float(r[0]) for r in rows)
+    clocks = sorted(float(r[1]) for r in rows)
+    reasons = max({r[2] for r in rows}, key=[r[2] for r in rows].count)
+    return (f"{watts[len(watts) // 2]:5.0f} W, SM {clocks[len(clocks) // 2]:.0f} MHz "
+            f"(low {clocks[0]:.0f}), throttle {reasons}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", default="8:32:8:65536", help="B:HQ:HKV:L")
@@ -59,13 +91,19 @@ def main() -> None:
     ap.add_argument("--orders", default="shuffled,in-order",
                     help="page orders, of: shuffled, in-order, sorted (each sequence's shuffled "
                          "pages visited in address order), window (in-order pages shuffled "
-                         "within 2 MB windows of K)")
+                         "within 2 MB windows of K), reverse (each sequence's in-order pages "
+                         "visited last to first)")
     ap.add_argument("--quick", action="store_true", help="fewer static and dynamic variants")
+    ap.add_argument("--power", action="store_true",
+                    help="also run each attention row (and torch) for 1.5 s back to back while "
+                         "nvidia-smi samples board power, SM clock and throttle reasons")
     a = ap.parse_args()
     b, hq, hkv, length = (int(v) for v in a.case.split(":"))
     nbytes = kv_bytes(b, hkv, length)
     bw = copy_bandwidth()
-    t_torch = torch_case(b, hq, hkv, length) if a.torch else None
+    t_torch = torch_case(b, hq, hkv, length, also=(
+        lambda run: print(f"torch SDPA flash power: {power_draw(run)}", flush=True))
+        if a.power else None) if a.torch else None
     p = Paged(b, hq, hkv, length, bs=a.page_size)
     pages = p.tables.shape[1]
     tables = {o: page_order(o, p.tables, hkv * a.page_size * D * 2) for o in a.orders.split(",")}
@@ -125,15 +163,29 @@ def main() -> None:
               f"({100 * nbytes / us / 1e-6 / bw:5.1f}% copy; UNROLL {unroll}, S {s})", flush=True)
     for order, tab in tables.items():
         p.tables = tab
-        for name, kw in (("default", {}), ("bulk S4", dict(config={"impl": "bulk"}, num_splits=4)),
-                         ("steal", {"config": {"impl": "bulk", "steal": 1}})):
+        bulk, steal = {"impl": "bulk"}, {"impl": "bulk", "steal": 1}
+        for name, kw, probe in (
+                ("default", {}, {}), ("bulk S4", dict(config=bulk, num_splits=4), {}),
+                ("steal", {"config": steal}, {}),
+                # the same rings and reads without the math (o is garbage): the rings' floor
+                ("bulk no-math", {"config": bulk}, {"NO_MATH": 1}),
+                ("steal no-math", {"config": steal}, {"NO_MATH": 1})):
+            attn.PROBE_DEFINES.update(probe)
             try:
                 us = time_cupy(p.fn("sync", **kw), n)
             except ValueError as e:  # bulk needs sm_90 and a GQA group of 2-4
-                print(f"attention {order:8s} {name:8s} skipped: {e}")
+                print(f"attention {order:8s} {name:15s} skipped: {e}")
                 continue
-            print(f"attention {order:8s} {name:8s}         {us:8.1f} us "
-                  f"{nbytes / us / 1e3:6.0f} GB/s", flush=True)
+            finally:
+                attn.PROBE_DEFINES.clear()
+            line = f"attention {order:8s} {name:15s}  {us:8.1f} us {nbytes / us / 1e3:6.0f} GB/s"
+            if a.power:
+                attn.PROBE_DEFINES.update(probe)
+                try:
+                    line += f"  {power_draw(p.fn('sync', **kw))}"
+                finally:
+                    attn.PROBE_DEFINES.clear()
+            print(line, flush=True)
     p.free()
 
 

@@ -39,6 +39,9 @@ LOG2E = 1.4426950408889634
 # phi + hi: 2^(86.6) * 2^17 keys * 65504 |v| stays below float max; the largest term of a split
 # is at least e^lo = 9e-27, far above the denormals, so smaller terms underflow harmlessly.
 DEFAULT_WINDOW = (-60.0, 60.0)
+# Extra defines for the bulk kernels, for probe builds only (tools/read_floor.py sets NO_MATH:
+# the ring loops skip the math, so o is not attention). Empty in every real call.
+PROBE_DEFINES: dict = {}
 
 
 @dataclasses.dataclass
@@ -238,6 +241,7 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
         if steal:
             defines.update(DYN=1, EXTRA=STEAL_EXTRA)
             name = ("decode_attention.cu", "decode_attention_dyn_kernel")
+        defines.update(PROBE_DEFINES)
     else:
         defines = dict(HEAD_DIM=d, GROUP=group, NUM_WARPS=cfg["num_warps"],
                        UNROLL=cfg["unroll"], IS_ASYNC=int(is_async),
