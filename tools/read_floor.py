@@ -101,9 +101,10 @@ def main() -> None:
     b, hq, hkv, length = (int(v) for v in a.case.split(":"))
     nbytes = kv_bytes(b, hkv, length)
     bw = copy_bandwidth()
-    t_torch = torch_case(b, hq, hkv, length, also=(
-        lambda run: print(f"torch SDPA flash power: {power_draw(run)}", flush=True))
-        if a.power else None) if a.torch else None
+    def torch_power(run):
+        print(f"torch SDPA flash power: {power_draw(run)}", flush=True)
+    t_torch = (torch_case(b, hq, hkv, length, also=torch_power if a.power else None)
+               if a.torch else None)
     p = Paged(b, hq, hkv, length, bs=a.page_size)
     pages = p.tables.shape[1]
     tables = {o: page_order(o, p.tables, hkv * a.page_size * D * 2) for o in a.orders.split(",")}
@@ -170,21 +171,16 @@ def main() -> None:
                 # the same rings and reads without the math (o is garbage): the rings' floor
                 ("bulk no-math", {"config": bulk}, {"NO_MATH": 1}),
                 ("steal no-math", {"config": steal}, {"NO_MATH": 1})):
-            attn.PROBE_DEFINES.update(probe)
-            try:
-                us = time_cupy(p.fn("sync", **kw), n)
-            except ValueError as e:  # bulk needs sm_90 and a GQA group of 2-4
-                print(f"attention {order:8s} {name:15s} skipped: {e}")
-                continue
-            finally:
-                attn.PROBE_DEFINES.clear()
-            line = f"attention {order:8s} {name:15s}  {us:8.1f} us {nbytes / us / 1e3:6.0f} GB/s"
-            if a.power:
-                attn.PROBE_DEFINES.update(probe)
+            with attn.probe_defines(probe):
                 try:
+                    us = time_cupy(p.fn("sync", **kw), n)
+                except ValueError as e:  # bulk needs sm_90 and a GQA group of 2-4
+                    print(f"attention {order:8s} {name:15s} skipped: {e}")
+                    continue
+                line = (f"attention {order:8s} {name:15s}  {us:8.1f} us "
+                        f"{nbytes / us / 1e3:6.0f} GB/s")
+                if a.power:
                     line += f"  {power_draw(p.fn('sync', **kw))}"
-                finally:
-                    attn.PROBE_DEFINES.clear()
             print(line, flush=True)
     p.free()
 

@@ -23,6 +23,7 @@ counters at zero.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -40,8 +41,19 @@ LOG2E = 1.4426950408889634
 # is at least e^lo = 9e-27, far above the denormals, so smaller terms underflow harmlessly.
 DEFAULT_WINDOW = (-60.0, 60.0)
 # Extra defines for the bulk kernels, for probe builds only (tools/read_floor.py sets NO_MATH:
-# the ring loops skip the math, so o is not attention). Empty in every real call.
+# the ring loops skip the math, so o is not attention). Empty in every real call; set it
+# through probe_defines().
 PROBE_DEFINES: dict = {}
+
+
+@contextlib.contextmanager
+def probe_defines(defines: dict):
+    """Calls inside the block build the bulk kernels with `defines` added (probe tools only)."""
+    PROBE_DEFINES.update(defines)
+    try:
+        yield
+    finally:
+        PROBE_DEFINES.clear()
 
 
 @dataclasses.dataclass
