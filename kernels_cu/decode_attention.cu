@@ -67,7 +67,9 @@
 // Defines: HEAD_DIM (64 | 128), GROUP (1..8), NUM_WARPS, UNROLL, IS_ASYNC, DTYPE_BF16,
 // PREFETCH (1: L2-prefetch each warp's next tile while computing the current one),
 // MIN_BLOCKS (launch bound: 16 warps / NUM_WARPS keeps G <= 4 at 128 registers), BULK;
-// NO_MATH (probe builds only: the ring loops skip the math, o is garbage; tools/read_floor.py).
+// NO_MATH (probe builds only: the ring loops skip the math, o is garbage; tools/read_floor.py),
+// MMA_MATH (BULK, D 128, UNROLL 4: the ring loops' math on tensor cores, decode_mma_step.cuh;
+// 127 registers instead of 168, so two blocks fit per SM).
 // The block/split half (BlockSmem, warp merge, partials, counter, split merge) lives in
 // decode_common.cuh, shared with the tensor-core variant decode_attention_mma.cu.
 #include "common.cuh"
@@ -95,6 +97,9 @@
 #endif
 #ifndef NO_MATH
 #define NO_MATH 0  // probe builds only: bulk/dyn loops read each slot but skip the math
+#endif
+#ifndef MMA_MATH
+#define MMA_MATH 0  // 1: the bulk/dyn loops do their math on tensor cores (decode_mma_step.cuh)
 #endif
 #ifndef BULK
 #define BULK 0  // > 0: K/V arrive through per-warp shared-memory rings of BULK slots (below)
@@ -126,6 +131,9 @@
 #include "decode_common.cuh"
 // per-block event log, probe builds only (TIMELINE=1: tools/timeline_attention.py):
 #include "timeline.cuh"
+// tensor-core helpers (MMA_MATH builds, attn_o.cuh); included here, unconditionally, because
+// module.py inlines each header once, at its first #include line
+#include "mma.cuh"
 
 constexpr int VEC = 8;                               // 2-byte elements per 16-byte load
 constexpr int LANES_PER_TOK = HEAD_DIM / VEC;        // 16 (D=128) or 8 (D=64)
@@ -135,6 +143,15 @@ constexpr int STEP = TILE * NUM_WARPS;               // tokens per block per ste
 constexpr int STEP1 = TOK_PER_LOAD * NUM_WARPS;      // the same at unroll 1 (short chunks)
 static_assert(LANES_PER_TOK <= 32 && 32 % LANES_PER_TOK == 0, "HEAD_DIM must be 64 or 128");
 static_assert(NUM_WARPS <= 32 && (NUM_WARPS & (NUM_WARPS - 1)) == 0, "NUM_WARPS: power of 2");
+#if MMA_MATH
+#if !BULK || NO_MATH || UNROLL != 4
+#error "MMA_MATH builds the BULK kernel's math (8-token warp tiles)"
+#endif
+#include "decode_mma_step.cuh"
+typedef MmaQ QRegs;  // the block's q rows as tensor-core fragments
+#else
+typedef float QRegs[GROUP][VEC];  // this lane's 8 dims of each head's q, in log2 units
+#endif
 #if BULK
 // Ring slot of one warp step: K rows [TILE][D], then V rows [TILE][D]. A slot is refilled by at
 // most 2 * TILE row copies, one per lane, hence TILE <= 16.
@@ -204,7 +221,7 @@ struct DynPhase {
 // DYN: the warp attends over the tiles of the range in ph that it claims (start unused; end the
 // sequence length); see decode_attention_dyn_kernel.
 template <bool ASYNC, int U, typename WaitFn>
-__device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], WaitFn wait_fn,
+__device__ __forceinline__ void attend_chunk(const QRegs& qf, WaitFn wait_fn,
                                              const dtype_t* __restrict__ k_cache,
                                              const dtype_t* __restrict__ v_cache,
                                              const int* __restrict__ bt, int kv_head,
@@ -239,6 +256,11 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
             }
         }
     };
+#if MMA_MATH
+    (void)load_step;
+    MmaState st;  // the warp's state on tensor cores, turned into m, l, o after its tiles
+    mma_state_init(st);
+#else
     // One warp step on kr, vr. t0 is warp-uniform, so full-mask shuffles are safe; token t0
     // itself is valid.
     auto compute_step = [&](int t0) {
@@ -331,6 +353,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
 #endif
     };
     (void)use_step;
+#endif
 #if DYN
     // The warp's ring (as below), filled with the tiles it claims: ph.front, its first BULK fills
     // are its tiles of [0, k0) (warp + j * NUM_WARPS), then lane 0 claims CLAIM tiles at a time
@@ -417,6 +440,9 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
         const int slot = ph.ci % BULK;
         const int t0 = (ph.tile0 + next[0]) * TILE;
         mbar_wait(bars + slot, (ph.ci / BULK) & 1);
+#if MMA_MATH
+        mma_step<TILE>(ring + slot * BULK_SLOT, min(TILE, end - t0), qf, st);
+#else
         const dtype_t* rows = ring + slot * BULK_SLOT + dvec * VEC;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -428,6 +454,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
             }
         }
         use_step(t0);
+#endif
         ++ph.tiles;
         __syncwarp();  // every lane has used the slot: refill it
         const int tn = tile_ahead;
@@ -441,6 +468,9 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
         next[BULK - 1] = tn;
         ++ph.ci;
     }
+#if MMA_MATH
+    mma_state_out(st, reinterpret_cast<float*>(ring), m, l, o);  // every copy has landed
+#endif
 #elif BULK
     // The warp's steps (tiles i = 0, 1, ... at t_first + i * STEP_U) stream through its own
     // ring of BULK slots with cp.async.bulk: BULK - 1 tiles stay in flight while one computes,
@@ -497,6 +527,9 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
         const int t0 = t_first + i * STEP_U;
         mbar_wait(bars + i % BULK, (i / BULK) & 1);
         if (i == 0) AO_STAMP(6);  // warp 0's first tile landed
+#if MMA_MATH
+        mma_step<TILE>(ring + (i % BULK) * BULK_SLOT, min(TILE_U, end - t0), qf, st);
+#else
         const dtype_t* slot = ring + (i % BULK) * BULK_SLOT + dvec * VEC;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -508,6 +541,7 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
             }
         }
         use_step(t0);
+#endif
         if (i == n_tiles - 1) AO_STAMP(7);  // warp 0's last tile computed
         __syncwarp();  // every lane has used the slot: refill it
         if (i + BULK < n_tiles) {
@@ -515,6 +549,9 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
             page_next = page_of(i + BULK + 1);
         }
     }
+#if MMA_MATH
+    mma_state_out(st, reinterpret_cast<float*>(ring), m, l, o);  // every copy has landed
+#endif
 #else
     // The first step is peeled (kr, vr are not loop-carried: no extra live registers).
     int t0 = start + warp * TILE_U;  // warp-uniform
@@ -546,9 +583,13 @@ __device__ __forceinline__ void attend_chunk(const float (&qf)[GROUP][VEC], Wait
 // This lane's 8 dims of the GROUP query heads head0.. of sequence b, scaled to log2 units
 // (scores come out as scale * log2e * q.k). Run after RE_PDL_WAIT: q is the previous kernel's.
 // dvec = (lane % LANES_PER_TOK): the lane's 8-dim piece.
-__device__ __forceinline__ void load_q(float (&qf)[GROUP][VEC], const dtype_t* __restrict__ q,
+__device__ __forceinline__ void load_q(QRegs& qf, const dtype_t* __restrict__ q,
                                        int b, int num_q_heads, int head0, int dvec,
                                        float scale_log2) {
+#if MMA_MATH
+    (void)dvec;
+    mma_load_q(qf, q + ((size_t)b * num_q_heads + head0) * HEAD_DIM, scale_log2);
+#else
 #pragma unroll
     for (int g = 0; g < GROUP; ++g) {
         unpack8(*reinterpret_cast<const uint4*>(
@@ -557,6 +598,7 @@ __device__ __forceinline__ void load_q(float (&qf)[GROUP][VEC], const dtype_t* _
 #pragma unroll
         for (int i = 0; i < VEC; ++i) qf[g][i] *= scale_log2;  // scores in log2 units
     }
+#endif
 }
 
 __device__ __forceinline__ void stash_warp(BlockSmem& sm, const float (&m)[GROUP],
@@ -600,7 +642,7 @@ __device__ __forceinline__ bool is_block_out_of_window(const BlockSmem& sm, floa
 }
 
 template <bool ASYNC, typename WaitFn>
-__device__ __forceinline__ void attend_any(const float (&qf)[GROUP][VEC], WaitFn wait_fn,
+__device__ __forceinline__ void attend_any(const QRegs& qf, WaitFn wait_fn,
                                            const dtype_t* __restrict__ k_cache,
                                            const dtype_t* __restrict__ v_cache,
                                            const int* __restrict__ bt, int kv_head,
@@ -644,7 +686,7 @@ decode_attention_kernel(const dtype_t* __restrict__ q, const dtype_t* __restrict
     __shared__ BlockSmem sm;
 #endif
     const int dvec = (threadIdx.x & 31) % LANES_PER_TOK;
-    float qf[GROUP][VEC];
+    QRegs qf;
     auto wait_and_load_q = [&]() {  // run by attend_chunk once its first safe loads are out
         RE_PDL_WAIT();
         RE_PDL_TRIGGER();
@@ -743,7 +785,8 @@ decode_attention_dyn_kernel(const dtype_t* __restrict__ q, const dtype_t* __rest
         tile0 = (r % S) * per;
         n = max(0, min(cdiv(len, TILE) - tile0, per));
     };
-    float qf[GROUP][VEC], m[GROUP], l[GROUP], o[GROUP][VEC], m_true[GROUP];
+    QRegs qf;
+    float m[GROUP], l[GROUP], o[GROUP][VEC], m_true[GROUP];
     DynPhase ph;
     ph.ci = 0;
     // Attend over the claimed tiles of range r, write the state into `slot` of its cell, count

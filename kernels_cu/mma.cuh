@@ -9,6 +9,10 @@
 //                                             the row address of matrix l / 8
 //   ldmatrix_x4_trans(r, p)                   the same, each matrix transposed
 //   mma16816(c, a, b)                         c[4] += A (16x16, row) * B (16x8, col), fp32 acc
+//   mma1688(c, a, b)                          c[4] += A (16x8, row) * B (8x8, col), fp32 acc
+//                                             (a[2]: a0, a1 of the A layout below; b: b0)
+//   movmatrix_trans(x)                        the 8x8 b16 matrix the warp holds in x (lane l:
+//                                             row l / 4, cols 2 (l % 4) ..), transposed
 //   pack2(lo, hi)                             two floats -> one 32-bit register of dtype_t
 // Fragment layouts (lane = 4 * g + t): A a0 (row g, k 2t..2t+1), a1 (g + 8, same k),
 // a2 (g, k 2t+8..), a3 (g + 8, k 2t+8..); B b0 (k 2t..2t+1, col g), b1 (k 2t+8.., g);
@@ -62,6 +66,17 @@ __device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], const 
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void mma1688(float c[4], const unsigned a[2], unsigned b) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32." MMA_TYPE "." MMA_TYPE ".f32 "
+                 "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b));
+}
+__device__ __forceinline__ unsigned movmatrix_trans(unsigned x) {
+    unsigned y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
 }
 __device__ __forceinline__ unsigned pack2(float lo, float hi) {
     unsigned u;

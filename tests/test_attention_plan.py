@@ -98,3 +98,28 @@ def test_steal_build_config():
     assert _check_bulk_config(128, 4, cfg, TUNING["default"]) > 0
     with pytest.raises(ValueError, match="at most 4"):
         _check_bulk_config(128, 8, cfg, TUNING["default"])
+
+
+def test_bulk_mma_math_config_and_block_cap():
+    """mma_math=1 (tensor-core math in the bulk rings) serves head_dim 128 at unroll 4 only; a
+    block cap asks for enough shared memory that no more blocks fit; the automatic cap
+    applies to mma_math grids of more than one wave, and an explicit max_blocks wins."""
+    t = ap.TUNING["default"]
+    cfg = dict(impl="bulk", **{**t["bulk"], "mma_math": 1})
+    ring = ap._check_bulk_config(128, 4, cfg, t)
+    assert ring == 8 * 2 * 2 * 8 * 128 * 2  # 64 KB of rings, no cap
+    for bad in (dict(cfg, unroll=2), dict(cfg, unroll=8)):
+        with pytest.raises(ValueError, match="mma_math"):
+            ap._check_bulk_config(128, 4, bad, t)
+    with pytest.raises(ValueError, match="mma_math"):
+        ap._check_bulk_config(64, 4, cfg, t)
+    per_block = t["smem_per_block_reserved"]
+    for cap in (1, 2, 3):
+        smem = ap._check_bulk_config(128, 4, dict(cfg, max_blocks=cap), t)
+        fits = t["smem_per_sm"] // (smem + per_block)
+        assert fits == cap, (cap, smem, fits)
+    assert ap.cap_blocks_smem(ring, None, t) == ring
+    assert ap.bulk_max_blocks(cfg, 128, 132) is None  # one wave: the next call may land beside
+    assert ap.bulk_max_blocks(cfg, 256, 132) == 1  # two waves: one block per SM
+    assert ap.bulk_max_blocks(dict(cfg, max_blocks=2), 256, 132) == 2
+    assert ap.bulk_max_blocks(dict(cfg, mma_math=0), 256, 132) is None  # 168 registers: 1 fits

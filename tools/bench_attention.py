@@ -213,8 +213,9 @@ def run_grid(cases, copy_bw, log):
         p = Paged(b, hq, hkv, length)
         n = calls_for(nbytes)
         splits = attn.planned_splits(b, hq, hkv, D, length)  # the sync default's plan
-        sync_impl = (attn.default_config(attn.head_group(hq, hkv), D, nbytes, False)
-                     or {"impl": "cuda_core"})["impl"]
+        picked = (attn.default_config(attn.head_group(hq, hkv), D, nbytes, False)
+                  or {"impl": "cuda_core"})
+        sync_impl = picked["impl"] + ("+mma" if picked.get("mma_math") else "")
         ws = attn.get_workspace(b, hq, hkv, D,
                                 attn.planned_splits(b, hq, hkv, D, length, is_async=True))
         fb0 = int(ws.fallback_count.get()[0])
@@ -251,7 +252,7 @@ MMA_CONFIG = dict(zip(("num_warps", "tile", "stages"),
 def fmt_row(r):
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     return (f"| {r['B']:2d} | {r['Hq']}/{r['Hkv']:<3d} | {r['L']:6d} | {r['kv_mb']:6.0f} | "
-            f"{r['splits']} {r.get('sync_impl', '')[:4]:4s} | {f(r['torch_us'], '8.1f')} | "
+            f"{r['splits']} {r.get('sync_impl', '')[:8]:8s} | {f(r['torch_us'], '8.1f')} | "
             f"{r['sync_us']:7.1f} | "
             f"{r['async_us']:8.1f} | {r['mma_us']:6.1f} | {r['gbps']:5.0f} | "
             f"{r['pct_copy']:5.1f} | "

@@ -84,6 +84,12 @@ VARIANTS += [
     ("decode_attention.cu", {"HEAD_DIM": 64, "GROUP": 3, **_DECODE_BULK, "DYN": 1, "EXTRA": 8,
                              **BF16}),
     ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 1, **_DECODE_BULK, "DYN": 1, "EXTRA": 8}),
+    # both with their math on tensor cores (bulk mma_math=1: decode_mma_step.cuh)
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 4, **_DECODE_BULK, "MMA_MATH": 1}),
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 8, **_DECODE_BULK, "MMA_MATH": 1,
+                             **BF16}),
+    ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 3, **_DECODE_BULK, "MMA_MATH": 1,
+                             "DYN": 1, "EXTRA": 8}),
     # the probe builds of tools/timeline_attention.py (timeline.cuh), and the read-floor probe
     # (tools/read_floor.py)
     ("decode_attention.cu", {"HEAD_DIM": 128, "GROUP": 4, **_DECODE_BULK, "TIMELINE": 1}),

@@ -12,9 +12,10 @@ in-order pages (what a freshly prefilled batch gets) and optionally other page o
 reads whole pages: every KV head's run, the kernel called with one head of HKV runs) layouts,
 over split counts and unrolls; the same reads claimed dynamically from
 one atomic counter by a persistent grid (kv_read_floor_dyn_kernel: every block streams until
-the end of the call); then the default decode attention, the bulk kernel at S = 4, the
-work-stealing build, and the bulk and stealing builds without their math (NO_MATH probe builds:
-the same rings and reads) on each page order, and with --torch torch SDPA flash on contiguous
+the end of the call); then the default decode attention, the CUDA-core bulk kernel (also with
+programmatic launch off, and at S = 4), the work-stealing build, and the bulk and stealing
+builds without their math (NO_MATH probe builds: the same rings and reads) on each page order,
+and with --torch torch SDPA flash on contiguous
 K/V, all in one process, graph replays as in the grid. If the best pure read is slower than
 torch, no attention kernel on that layout can match torch at that shape. --power adds each
 attention row's board power, SM clock and throttle reason (nvidia-smi, 1.5 s back to back).
@@ -165,22 +166,28 @@ def main() -> None:
     for order, tab in tables.items():
         p.tables = tab
         bulk, steal = {"impl": "bulk"}, {"impl": "bulk", "steal": 1}
-        for name, kw, probe in (
-                ("default", {}, {}), ("bulk S4", dict(config=bulk, num_splits=4), {}),
-                ("steal", {"config": steal}, {}),
+        for name, kw, probe, pdl in (
+                ("default", {}, {}, None), ("bulk", {"config": bulk}, {}, None),
+                # programmatic launch off: no block of the next call lands beside a running
+                # one (session 21: it costs a one-block-per-SM kernel up to 1.6% at B8 32/8)
+                ("bulk, no PDL", {"config": bulk}, {}, False),
+                ("bulk S4", dict(config=bulk, num_splits=4), {}, None),
+                ("steal", {"config": steal}, {}, None),
                 # the same rings and reads without the math (o is garbage): the rings' floor
-                ("bulk no-math", {"config": bulk}, {"NO_MATH": 1}),
-                ("steal no-math", {"config": steal}, {"NO_MATH": 1})):
-            with attn.probe_defines(probe):
-                try:
+                ("bulk no-math", {"config": bulk}, {"NO_MATH": 1}, None),
+                ("steal no-math", {"config": steal}, {"NO_MATH": 1}, None)):
+            launch.set_pdl(pdl)
+            try:
+                with attn.probe_defines(probe):
                     us = time_cupy(p.fn("sync", **kw), n)
-                except ValueError as e:  # bulk needs sm_90 and a GQA group of 2-4
-                    print(f"attention {order:8s} {name:15s} skipped: {e}")
-                    continue
-                line = (f"attention {order:8s} {name:15s}  {us:8.1f} us "
-                        f"{nbytes / us / 1e3:6.0f} GB/s")
-                if a.power:
-                    line += f"  {power_draw(p.fn('sync', **kw))}"
+                    line = (f"attention {order:8s} {name:15s}  {us:8.1f} us "
+                            f"{nbytes / us / 1e3:6.0f} GB/s")
+                    if a.power:
+                        line += f"  {power_draw(p.fn('sync', **kw))}"
+            except ValueError as e:  # bulk needs sm_90 and a GQA group of 2-4
+                line = f"attention {order:8s} {name:15s} skipped: {e}"
+            finally:
+                launch.set_pdl(None)
             print(line, flush=True)
     p.free()
 

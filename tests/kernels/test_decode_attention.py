@@ -123,20 +123,26 @@ FLOOR = {"fp16": 2e-4, "bf16": 2e-3}
 MMA = dict(impl="mma")  # the tuned tensor-core shape
 BULK = dict(impl="bulk")  # the tuned cp.async.bulk shape
 STEAL = dict(impl="bulk", steal=1)  # its work-stealing build (decode_attention_dyn_kernel)
-IMPL_CONFIGS = {"cuda_core": None, "mma": MMA, "bulk": BULK, "steal": STEAL}
+# the same two builds with their math on tensor cores (kernels_cu/decode_mma_step.cuh)
+BULK_MMA, STEAL_MMA = dict(BULK, mma_math=1), dict(STEAL, mma_math=1)
+IMPL_CONFIGS = {"cuda_core": None, "mma": MMA, "bulk": BULK, "steal": STEAL,
+                "bulk_mma": BULK_MMA, "steal_mma": STEAL_MMA}
 # (variant, impl) pairs that exist: the tensor-core and bulk kernels are sync only
 VARIANT_IMPLS = [("sync", "cuda_core"), ("async", "cuda_core"), ("sync", "mma"),
-                 ("sync", "bulk"), ("sync", "steal")]
+                 ("sync", "bulk"), ("sync", "steal"), ("sync", "bulk_mma"),
+                 ("sync", "steal_mma")]
 
 
-def needs_sm90(impl):
-    if impl in ("bulk", "steal") and int(cp.cuda.Device().compute_capability) < 90:
+def needs_sm90(impl, d=128):
+    if impl.startswith(("bulk", "steal")) and int(cp.cuda.Device().compute_capability) < 90:
         pytest.skip("impl='bulk' needs sm_90")
+    if impl.endswith("_mma") and d != 128:
+        pytest.skip("bulk mma_math=1 serves head_dim 128")
 
 
 def ws_slots(splits, impl):
     """Partial-state slots per head block a workspace needs for this split count and impl."""
-    return splits + (STEAL_EXTRA if impl == "steal" else 0)
+    return splits + (STEAL_EXTRA if impl.startswith("steal") else 0)
 
 
 @pytest.mark.parametrize("d", [64, 128])
@@ -245,6 +251,31 @@ def test_steal_matches_reference(d, hq, hkv, bs, splits, dtype):
     assert ws.steals() > before, "no block stole: the test does not exercise stealing"
 
 
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2), (32, 8), (16, 2)])  # G 1, 3, 4, 8
+@pytest.mark.parametrize("bs", [1, 4, 16, 64])  # row copies, short runs, page = tile, > tile
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("impl", ["bulk_mma", "steal_mma"])
+def test_mma_math_matches_reference(impl, hq, hkv, bs, dtype):
+    """The bulk and stealing builds with tensor-core math (mma_math=1): lengths off the
+    8-token tile, one long sequence among short ones (the stealing build steals its tiles),
+    split counts that leave some splits empty."""
+    needs_sm90(impl)
+    if impl == "steal_mma" and hq // hkv > 4:
+        pytest.skip("the stealing build serves GQA groups of at most 4")
+    rng = np.random.default_rng([hq, hkv, bs, dtype == "bf16", impl == "steal_mma", 61])
+    lens = [1, 7, 9, 100, 4099, 20011]
+    case = Case(rng, lens, hq, hkv, 128, bs, dtype)
+    scale = 128 ** -0.5
+    out = case.run(scale, config=IMPL_CONFIGS[impl])  # the planned split count
+    check(case, out, scale, FLOOR[dtype])
+    ws = get_workspace(len(lens), hq, hkv, 128, ws_slots(3, impl))
+    before = ws.steals()
+    out = case.run(scale, config=IMPL_CONFIGS[impl], num_splits=3, workspace=ws)
+    check(case, out, scale, FLOOR[dtype])
+    if impl == "steal_mma":  # thieves' phases run the same math
+        assert ws.steals() > before, "no block stole: the test does not exercise stealing"
+
+
 def test_steal_graph_replays_reset_and_empty_sequences():
     """Captured once: the kernel's last block zeroes the claim and cell words, so every replay
     starts clean (lengths change between replays, never past the cache's, including 0: o = 0)
@@ -335,7 +366,7 @@ def test_sync_picks_mma_only_for_small_gqa_steps(monkeypatch):
 def test_sync_picks_bulk_only_for_large_gqa_steps(monkeypatch):
     """The no-config bulk rule (TUNING bulk_groups / bulk_min_kv_mb, here lowered to 16 MB so
     the cases stay small): GQA groups of 2-4 with D = 128 over the threshold run the bulk
-    build, MHA and small steps do not."""
+    build with its math on tensor cores (bulk_mma_math), MHA and small steps do not."""
     import rawengine.backends.cuda.attention as attn
 
     needs_sm90("bulk")
@@ -343,17 +374,18 @@ def test_sync_picks_bulk_only_for_large_gqa_steps(monkeypatch):
     real = attn.kernel
 
     def spy(file, name, defines):
-        ran.append((file, defines.get("BULK", 0)))
+        ran.append((file, defines.get("BULK", 0), defines.get("MMA_MATH", 0)))
         return real(file, name, defines)
 
     monkeypatch.setattr(attn, "kernel", spy)
     monkeypatch.setitem(attn.TUNING["default"], "bulk_min_kv_mb", 16)
     rng = np.random.default_rng(43)
-    for (hq, hkv), d, lens, want in [((32, 8), 128, [12000], ("decode_attention.cu", 2)),
-                                     ((16, 8), 128, [12000], ("decode_attention.cu", 2)),
-                                     ((8, 8), 128, [12000], ("decode_attention.cu", 0)),
-                                     ((32, 8), 64, [24000], ("decode_attention.cu", 0)),
-                                     ((32, 8), 128, [300], ("decode_attention_mma.cu", 0))]:
+    bulk = ("decode_attention.cu", 2, 1)  # the bulk build, math on tensor cores
+    for (hq, hkv), d, lens, want in [((32, 8), 128, [12000], bulk),
+                                     ((16, 8), 128, [12000], bulk),
+                                     ((8, 8), 128, [12000], ("decode_attention.cu", 0, 0)),
+                                     ((32, 8), 64, [24000], ("decode_attention.cu", 0, 0)),
+                                     ((32, 8), 128, [300], ("decode_attention_mma.cu", 0, 0))]:
         case = Case(rng, lens, hq, hkv, d, 16, "fp16")
         ran.clear()
         out = case.run(d ** -0.5)
@@ -512,7 +544,7 @@ def test_short_lengths_in_capacity_graph(min_chunk, d, hq, hkv, variant, impl):
     """Graph captured at capacity 8192 (32 splits), replayed with short real lengths: the
     device's chunk rule (min_chunk, unroll-1 chunks, one active split writing o directly)
     must stay exact, including chunks straddling STEP1 / STEP and the merge of 16+ splits."""
-    needs_sm90(impl)
+    needs_sm90(impl, d)
     rng = np.random.default_rng(17)
     case = Case(rng, [1100, 300, 33, 2], hq, hkv, d, 16, "fp16")
     scale = d ** -0.5
@@ -613,6 +645,7 @@ def test_early_loads_never_read_the_newest_key(variant, impl, d, hq, hkv):
 
     if int(cp.cuda.Device().compute_capability) < 90 or not launch.pdl_enabled():
         pytest.skip("programmatic dependent launch needs sm_90")
+    needs_sm90(impl, d)
     rng = np.random.default_rng(11)
     lens = [300, 17, 1, 2048, 64]
     case = Case(rng, lens, hq, hkv, d, 16, "fp16")

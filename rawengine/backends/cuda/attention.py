@@ -13,7 +13,8 @@ loads; sm_90), all with the same grid, chunk rule, workspace and counters. With 
 'sync' runs 'mma' for GQA groups of >= 3 heads when the step's K/V is small (TUNING
 mma_min_group / mma_max_kv_mb: latency-bound steps, where it measured 10-15% faster on the
 H100), 'bulk' for GQA groups of 2-4 heads when the step's K/V is >= 1 GB (bulk_groups /
-bulk_min_kv_mb: 1-2% faster there) and 'cuda_core' elsewhere.
+bulk_min_kv_mb: 1-2% faster there; its math on tensor cores, bulk_mma_math: 0.5-1.8% faster
+again at B8 32/8 and ~50 W less) and 'cuda_core' elsewhere.
 
 Plan once per step (`plan_decode`: splits from the bucket's batch and max length), run per
 layer (`decode_attention`). The workspace depends only on the plan, so it is allocated once per
@@ -32,7 +33,8 @@ import numpy as np
 
 # planning (no CuPy)
 from .attention_plan import (STEAL_EXTRA, TUNING, _check_bulk_config, _check_mma_config,
-                             _config_tuple, head_group, kernel_config, plan_decode)
+                             _config_tuple, bulk_max_blocks, cap_blocks_smem, head_group,
+                             kernel_config, plan_decode)
 from .module import kernel
 
 LOG2E = 1.4426950408889634
@@ -111,8 +113,9 @@ def default_config(group: int, head_dim: int, kv_bytes: int, is_async: bool,
                    cache_rows: int = 0) -> dict | None:
     """The implementation a call with no config runs (None: 'cuda_core', the tuned shape):
     'mma' for short GQA steps (TUNING mma_min_group / mma_max_kv_mb; its row index is 32-bit),
-    'bulk' for long GQA steps on sm_90 (bulk_groups / bulk_min_kv_mb, head_dim 128). Both are
-    sync only. group: query heads per block (head_group)."""
+    'bulk' for long GQA steps on sm_90 (bulk_groups / bulk_min_kv_mb, head_dim 128), its math on
+    tensor cores when bulk_mma_math. Both are sync only. group: query heads per block
+    (head_group)."""
     t = TUNING["default"]
     if is_async:
         return None
@@ -121,7 +124,7 @@ def default_config(group: int, head_dim: int, kv_bytes: int, is_async: bool,
     if (t["bulk_groups"][0] <= group <= t["bulk_groups"][1] and head_dim == 128
             and kv_bytes >= t["bulk_min_kv_mb"] * 1e6
             and compute_capability(cp.cuda.Device().id) >= 90):
-        return {"impl": "bulk"}  # DRAM-bound GQA: cp.async.bulk rings
+        return {"impl": "bulk", "mma_math": t["bulk_mma_math"]}  # DRAM-bound GQA: TMA rings
     return None
 
 
@@ -192,7 +195,10 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     min_blocks; bulk: num_warps, unroll, stages, min_blocks, steal) from
     TUNING["default"][impl]. bulk with steal=1 runs the work-stealing build: the same splits,
     their tiles claimed at run time (its partial states are summed in an order that depends on
-    timing, so o can differ in the last bits between calls)."""
+    timing, so o can differ in the last bits between calls). bulk with mma_math=1 does the
+    rings' math on tensor cores (head_dim 128, unroll 4; the no-config choice on the bulk
+    steps); max_blocks caps the blocks per SM (default for mma_math: 1 when the grid is more
+    than one wave, see attention_plan.bulk_max_blocks)."""
     if variant not in ("sync", "async"):
         raise ValueError(f"variant must be 'sync' or 'async', not {variant!r}")
     if variant == "async" and phi is None:
@@ -250,6 +256,8 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
                        UNROLL=cfg["unroll"], BULK=cfg["stages"], PREFETCH=0,
                        MIN_BLOCKS=cfg.get("min_blocks", 1))
         name = ("decode_attention.cu", "decode_attention_kernel")
+        if cfg.get("mma_math"):
+            defines["MMA_MATH"] = 1
         if steal:
             defines.update(DYN=1, EXTRA=STEAL_EXTRA)
             name = ("decode_attention.cu", "decode_attention_dyn_kernel")
@@ -263,6 +271,10 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
         name = ("decode_attention.cu", "decode_attention_kernel")
     if _is_bf16(q):
         defines["DTYPE_BF16"] = 1
+    if impl == "bulk":
+        smem = cap_blocks_smem(smem, bulk_max_blocks(cfg, num_splits * y * batch,
+                                                     num_sms(cp.cuda.Device().id)),
+                               TUNING["default"])
     fn = kernel(*name, defines)
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
         fn.max_dynamic_shared_size_bytes = smem

@@ -44,6 +44,10 @@ TUNING = {
                     # same call: 0.8-2.3% faster than 'cuda_core' on 32/8 from 1 GB of K/V up,
                     # even at 0.5 GB, 1% slower for MHA and up to 19% slower on small steps)
                     bulk_groups=(2, 4), bulk_min_kv_mb=1000,
+                    # ... with its math on tensor cores (mma_math, kernels_cu/
+                    # decode_mma_step.cuh): 127 registers instead of 168 and ~50 W less at the
+                    # same bytes; B8 32/8 L64k/L128k 0.5-1.8% faster (H100, session 21)
+                    bulk_mma_math=1,
                     # where 'sync' runs the tensor-core kernel unasked (decode_attention with
                     # no config): a GQA group of >= mma_min_group heads and a step's K/V of
                     # <= mma_max_kv_mb (H100, session 4 grid: mma 5.0 vs 5.7 us at B1 32/8 1k,
@@ -145,9 +149,34 @@ def _check_bulk_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
             or tile > 16 or stages < 2):
         raise ValueError(f"bulk config needs num_warps and unroll powers of 2, at most 16 "
                          f"tokens per warp step (32 / (D / 8) * unroll) and stages >= 2: {cfg}")
+    if cfg.get("mma_math") and (head_dim != 128 or unroll != 4 or group > 8):
+        raise ValueError(f"bulk mma_math=1 needs head_dim 128, unroll 4 and GQA groups of at "
+                         f"most 8 query heads: {cfg}, head_dim {head_dim}, group {group}")
     if cfg.get("steal") and group > 4:  # the work-stealing build spills at G 8 (255 registers)
         raise ValueError(f"bulk steal=1 serves GQA groups of at most 4 query heads, not {group}")
-    return _fits_smem("bulk", cfg, bulk_smem_bytes(head_dim, group, cfg), tune)
+    smem = cap_blocks_smem(bulk_smem_bytes(head_dim, group, cfg), cfg.get("max_blocks"), tune)
+    return _fits_smem("bulk", cfg, smem, tune)
+
+
+def cap_blocks_smem(smem: int, max_blocks: int | None, tune: dict) -> int:
+    """Dynamic shared memory to ask for so that at most max_blocks blocks fit per SM (None or
+    0: smem, no cap). CUDA has no per-kernel cap on resident blocks; shared memory is one."""
+    if not max_blocks:
+        return smem
+    per_sm = tune["smem_per_sm"] // (max_blocks + 1)
+    return max(smem, per_sm - tune["smem_per_block_reserved"] + 16)
+
+
+def bulk_max_blocks(cfg: dict, blocks: int, num_sms: int) -> int | None:
+    """Blocks per SM to cap a bulk launch at: cfg's max_blocks when given; else 1 for an
+    mma_math build (127 registers, so two blocks fit) whose grid is more than one wave. Why
+    (H100, session 21): two blocks of one call on an SM read ~1% slower (B32 32/8 L16k 713.9
+    vs 707.9 us), but a one-wave grid gains from the next call's blocks landing early beside
+    it under programmatic launch (B8 32/8 L64k in order: 693 us, capped 698, the CUDA-core
+    build that cannot share an SM 702-706)."""
+    if "max_blocks" in cfg or not cfg.get("mma_math"):
+        return cfg.get("max_blocks")
+    return 1 if blocks > num_sms else None
 
 
 def _check_mma_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
