@@ -441,7 +441,7 @@ __device__ __forceinline__ void attend_chunk(const QRegs& qf, WaitFn wait_fn,
         const int t0 = (ph.tile0 + next[0]) * TILE;
         mbar_wait(bars + slot, (ph.ci / BULK) & 1);
 #if MMA_MATH
-        mma_step<TILE>(ring + slot * BULK_SLOT, min(TILE, end - t0), qf, st);
+        mma_step(ring + slot * BULK_SLOT, min(TILE, end - t0), qf, st);
 #else
         const dtype_t* rows = ring + slot * BULK_SLOT + dvec * VEC;
 #pragma unroll
@@ -528,7 +528,7 @@ __device__ __forceinline__ void attend_chunk(const QRegs& qf, WaitFn wait_fn,
         mbar_wait(bars + i % BULK, (i / BULK) & 1);
         if (i == 0) AO_STAMP(6);  // warp 0's first tile landed
 #if MMA_MATH
-        mma_step<TILE>(ring + (i % BULK) * BULK_SLOT, min(TILE_U, end - t0), qf, st);
+        mma_step(ring + (i % BULK) * BULK_SLOT, min(TILE_U, end - t0), qf, st);
 #else
         const dtype_t* slot = ring + (i % BULK) * BULK_SLOT + dvec * VEC;
 #pragma unroll

@@ -24,7 +24,7 @@
 // - acc[2 g + p] therefore holds O^T: c0, c1 for dim d(w = 2 p) and c2, c3 for dim
 //   d(w = 2 p + 1), for heads 2 q and 2 q + 1.
 // Rows of the tile at or past `valid` (never copied) read as zeros; their scores are -inf.
-// Include after common.cuh, mma.cuh and decode_common.cuh.
+// Include after common.cuh, mma.cuh, decode_common.cuh and decode_attention.cu's TILE.
 #pragma once
 
 static_assert(HEAD_DIM == 128 && GROUP <= 8, "MMA_MATH: head_dim 128, GROUP <= 8");
@@ -59,7 +59,9 @@ __device__ __forceinline__ void mma_load_q(MmaQ& qa, const dtype_t* __restrict__
 
 __device__ __forceinline__ void mma_state_init(MmaState& st) {
 #pragma unroll
-    for (int i = 0; i < 2 * MMA_NG; ++i) st.acc[i][0] = st.acc[i][1] = st.acc[i][2] = st.acc[i][3] = 0.f;
+    for (int i = 0; i < 2 * MMA_NG; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) st.acc[i][c] = 0.f;
     st.m = NEG_INF;
     st.l = 0.f;
 }
@@ -83,7 +85,6 @@ __device__ __forceinline__ void mma_read_rows(uint4 (&x)[MMA_NG], const dtype_t*
 
 // One warp tile: slot = K rows [TILE][HEAD_DIM], then V rows [TILE][HEAD_DIM]; the first
 // `valid` (>= 1) rows are tokens of the sequence.
-template <int TILE_ROWS>
 __device__ __forceinline__ void mma_step(const dtype_t* slot, int valid, const MmaQ& qa,
                                          MmaState& st) {
     const int lane = threadIdx.x & 31, qd = lane & 3;
@@ -118,7 +119,7 @@ __device__ __forceinline__ void mma_step(const dtype_t* slot, int valid, const M
         st.acc[i][3] *= c_hi;
     }
     const unsigned pb = pack2(p0, p1);
-    mma_read_rows(x, slot + TILE_ROWS * HEAD_DIM, valid);
+    mma_read_rows(x, slot + TILE * HEAD_DIM, valid);
 #pragma unroll
     for (int g = 0; g < MMA_NG; ++g) {
         const unsigned a0[2] = {movmatrix_trans(x[g].x), movmatrix_trans(x[g].y)};
