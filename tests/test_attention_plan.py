@@ -119,7 +119,12 @@ def test_bulk_mma_math_config_and_block_cap():
         fits = t["smem_per_sm"] // (smem + per_block)
         assert fits == cap, (cap, smem, fits)
     assert ap.cap_blocks_smem(ring, None, t) == ring
-    assert ap.bulk_max_blocks(cfg, 128, 132) is None  # one wave: the next call may land beside
-    assert ap.bulk_max_blocks(cfg, 256, 132) == 1  # two waves: one block per SM
-    assert ap.bulk_max_blocks(dict(cfg, max_blocks=2), 256, 132) == 2
-    assert ap.bulk_max_blocks(dict(cfg, mma_math=0), 256, 132) is None  # 168 registers: 1 fits
+    big, small = 2 * t["bulk_share_min_kv_mb"] * 10**6, t["bulk_share_min_kv_mb"] * 10**6 - 1
+    assert ap.bulk_max_blocks(cfg, 128, 132, big) is None  # one wave, long step: the next
+    assert ap.bulk_max_blocks(cfg, 132, 132, big) is None  # call's blocks may land beside it
+    assert ap.bulk_max_blocks(cfg, 128, 132, small) == 1  # one wave, shorter step: capped
+    assert ap.bulk_max_blocks(cfg, 256, 132, big) == 1  # two waves: one block per SM
+    assert ap.bulk_max_blocks(dict(cfg, max_blocks=2), 256, 132, big) == 2
+    assert ap.bulk_max_blocks(dict(cfg, max_blocks=2), 128, 132, small) == 2
+    assert ap.bulk_max_blocks(dict(cfg, mma_math=0), 256, 132, big) is None  # 168 registers
+    assert ap.bulk_max_blocks(dict(cfg, mma_math=0), 128, 132, small) is None  # 1 fits anyway

@@ -9,7 +9,8 @@ contiguous [B, Hkv, L, D] K/V with a [B, Hq, 1, D] query (enable_gqa). Both are 
 CUDA-graph replays of N >= 20 back-to-back calls, median of 7 replays; the K/V of small cases
 stays in L2 across the calls for both. 'sync' and 'async' run the default rule
 (attention.default_config: 'sync' takes the tensor-core kernel on short GQA steps and the
-cp.async.bulk build on GQA steps of >= 1 GB; column 'sync S, impl' shows its plan and kernel).
+cp.async.bulk build on GQA steps of >= 1 GB, or >= 256 MB when each (sequence, head block) has
+an SM of its own; column 'sync S, impl' shows its plan and kernel).
 'mma' is the sync variant on the tensor-core kernel
 (decode_attention_mma.cu, shape MMA_CONFIG or $RAWENGINE_MMA). GB/s (of the fastest) counts K and V bytes once; '%copy' is against a
 device-to-device copy measured in the same run (read + write counted).
@@ -213,7 +214,8 @@ def run_grid(cases, copy_bw, log):
         p = Paged(b, hq, hkv, length)
         n = calls_for(nbytes)
         splits = attn.planned_splits(b, hq, hkv, D, length)  # the sync default's plan
-        picked = (attn.default_config(attn.head_group(hq, hkv), D, nbytes, False)
+        group = attn.head_group(hq, hkv)
+        picked = (attn.default_config(group, D, nbytes, False, units=b * hq // group)
                   or {"impl": "cuda_core"})
         sync_impl = picked["impl"] + ("+mma" if picked.get("mma_math") else "")
         ws = attn.get_workspace(b, hq, hkv, D,

@@ -393,6 +393,45 @@ def test_sync_picks_bulk_only_for_large_gqa_steps(monkeypatch):
         check(case, out, d ** -0.5, FLOOR["fp16"])
 
 
+def test_sync_picks_bulk_for_one_wave_steps(monkeypatch):
+    """The one-wave bulk rule (TUNING bulk_one_wave_min_kv_mb, here lowered to 1 MB so the
+    cases stay small, bulk_min_kv_mb raised out of reach): a GQA step whose (sequence, head
+    block) pairs fit one per SM runs the bulk build with tensor-core math, capped at one block
+    per SM (a small step: bulk_share_min_kv_mb); more pairs than SMs stay on 'cuda_core'."""
+    import rawengine.backends.cuda.attention as attn
+
+    needs_sm90("bulk")
+    ran = []
+    real_kernel, real_cap = attn.kernel, attn.cap_blocks_smem
+
+    def spy(file, name, defines):
+        ran.append((file, defines.get("BULK", 0), defines.get("MMA_MATH", 0)))
+        return real_kernel(file, name, defines)
+
+    caps = []
+
+    def spy_cap(smem, max_blocks, tune):
+        caps.append(max_blocks)
+        return real_cap(smem, max_blocks, tune)
+
+    monkeypatch.setattr(attn, "kernel", spy)
+    monkeypatch.setattr(attn, "cap_blocks_smem", spy_cap)
+    monkeypatch.setitem(attn.TUNING["default"], "bulk_one_wave_min_kv_mb", 1)
+    monkeypatch.setitem(attn.TUNING["default"], "bulk_min_kv_mb", 10**6)
+    sms = attn.num_sms(cp.cuda.Device().id)
+    rng = np.random.default_rng(47)
+    bulk, cuda = ("decode_attention.cu", 2, 1), ("decode_attention.cu", 0, 0)
+    for b, lens, want, cap in [(1, [3000], bulk, [1]), (3, [2500, 1, 1700], bulk, [1]),
+                               (sms // 8 + 1, [300] * (sms // 8 + 1), cuda, [])]:
+        case = Case(rng, lens, 16, 8, 128, 16, "fp16")
+        ran.clear()
+        caps.clear()
+        out = case.run(128 ** -0.5)
+        assert ran == [want], (b, ran)
+        assert caps == cap, (b, caps)
+        check(case, out, 128 ** -0.5, FLOOR["fp16"])
+
+
 def test_mma_rejects_async():
     rng = np.random.default_rng(29)
     case = Case(rng, [17], 8, 2, 128, 16, "fp16")

@@ -14,7 +14,8 @@ loads; sm_90), all with the same grid, chunk rule, workspace and counters. With 
 mma_min_group / mma_max_kv_mb: latency-bound steps, where it measured 10-15% faster on the
 H100), 'bulk' for GQA groups of 2-4 heads when the step's K/V is >= 1 GB (bulk_groups /
 bulk_min_kv_mb: 1-2% faster there; its math on tensor cores, bulk_mma_math: 0.5-1.8% faster
-again at B8 32/8 and ~50 W less) and 'cuda_core' elsewhere.
+again at B8 32/8 and ~50 W less), or >= 256 MB when each (sequence, head block) has an SM of
+its own (bulk_one_wave_min_kv_mb), and 'cuda_core' elsewhere.
 
 Plan once per step (`plan_decode`: splits from the bucket's batch and max length), run per
 layer (`decode_attention`). The workspace depends only on the plan, so it is allocated once per
@@ -110,32 +111,37 @@ def num_sms(device_id: int = 0) -> int:
 
 
 def default_config(group: int, head_dim: int, kv_bytes: int, is_async: bool,
-                   cache_rows: int = 0) -> dict | None:
+                   cache_rows: int = 0, units: int = 0) -> dict | None:
     """The implementation a call with no config runs (None: 'cuda_core', the tuned shape):
     'mma' for short GQA steps (TUNING mma_min_group / mma_max_kv_mb; its row index is 32-bit),
-    'bulk' for long GQA steps on sm_90 (bulk_groups / bulk_min_kv_mb, head_dim 128), its math on
-    tensor cores when bulk_mma_math. Both are sync only. group: query heads per block
-    (head_group)."""
+    'bulk' for long GQA steps on sm_90 (bulk_groups, head_dim 128, bulk_min_kv_mb; or
+    bulk_one_wave_min_kv_mb when units, the step's (sequence, head block) pairs, fit one per
+    SM), its math on tensor cores when bulk_mma_math. Both are sync only. group: query heads
+    per block (head_group)."""
     t = TUNING["default"]
     if is_async:
         return None
     if group >= t["mma_min_group"] and kv_bytes <= t["mma_max_kv_mb"] * 1e6 and cache_rows < 1 << 32:
         return {"impl": "mma"}  # latency-bound: tensor cores
+    min_mb = t["bulk_min_kv_mb"]
+    if 0 < units <= num_sms(cp.cuda.Device().id):  # each (sequence, head block) has an SM
+        min_mb = min(min_mb, t["bulk_one_wave_min_kv_mb"])
     if (t["bulk_groups"][0] <= group <= t["bulk_groups"][1] and head_dim == 128
-            and kv_bytes >= t["bulk_min_kv_mb"] * 1e6
+            and kv_bytes >= min_mb * 1e6
             and compute_capability(cp.cuda.Device().id) >= 90):
         return {"impl": "bulk", "mma_math": t["bulk_mma_math"]}  # DRAM-bound GQA: TMA rings
     return None
 
 
 def resolve_config(head_dim: int, group: int, kv_bytes: int, is_async: bool,
-                   config: dict | None = None, cache_rows: int = 0) -> tuple[dict, int]:
+                   config: dict | None = None, cache_rows: int = 0,
+                   units: int = 0) -> tuple[dict, int]:
     """The kernel shape a call runs (config over its impl's tuned shape; None: the default
     rule's choice) and its dynamic shared memory in bytes. Raises ValueError for an impl or
     shape the kernels cannot run (async on 'mma'/'bulk', 'bulk' below sm_90, a 32-bit row
     index overflow on 'mma', rings over the shared memory)."""
     if config is None:
-        config = default_config(group, head_dim, kv_bytes, is_async, cache_rows)
+        config = default_config(group, head_dim, kv_bytes, is_async, cache_rows, units)
     config = config or {}
     impl = config.get("impl", "cuda_core")
     cfg = {**kernel_config(head_dim, group, kv_bytes, is_async=is_async, impl=impl), **config}
@@ -156,8 +162,9 @@ def planned_splits(batch: int, num_q_heads: int, num_kv_heads: int, head_dim: in
     """The split count decode_attention plans for this step and config (None: the default
     rule's choice), for tools that report it."""
     kv_bytes = 2 * batch * num_kv_heads * max_seq_len * head_dim * 2
-    cfg, _ = resolve_config(head_dim, head_group(num_q_heads, num_kv_heads), kv_bytes,
-                            is_async, config)
+    group = head_group(num_q_heads, num_kv_heads)
+    cfg, _ = resolve_config(head_dim, group, kv_bytes, is_async, config,
+                            units=batch * num_q_heads // group)
     return plan_decode(batch, num_kv_heads, max_seq_len, num_sms(cp.cuda.Device().id),
                        group=num_q_heads // num_kv_heads, head_dim=head_dim,
                        config=_config_tuple(cfg))
@@ -198,7 +205,7 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     timing, so o can differ in the last bits between calls). bulk with mma_math=1 does the
     rings' math on tensor cores (head_dim 128, unroll 4; the no-config choice on the bulk
     steps); max_blocks caps the blocks per SM (default for mma_math: 1 when the grid is more
-    than one wave, see attention_plan.bulk_max_blocks)."""
+    than one wave or the step small, see attention_plan.bulk_max_blocks)."""
     if variant not in ("sync", "async"):
         raise ValueError(f"variant must be 'sync' or 'async', not {variant!r}")
     if variant == "async" and phi is None:
@@ -228,7 +235,8 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
     y = hq // group
     kv_bytes = 2 * batch * hkv * int(max_seq_len) * d * k_cache.itemsize
     is_async = variant == "async"
-    cfg, smem = resolve_config(d, group, kv_bytes, is_async, config, nb * hkv * bs)
+    cfg, smem = resolve_config(d, group, kv_bytes, is_async, config, nb * hkv * bs,
+                               units=batch * y)
     impl = cfg.get("impl", "cuda_core")
     if num_splits is None:
         num_splits = plan_decode(batch, hkv, int(max_seq_len), num_sms(cp.cuda.Device().id),
@@ -273,7 +281,7 @@ def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float, 
         defines["DTYPE_BF16"] = 1
     if impl == "bulk":
         smem = cap_blocks_smem(smem, bulk_max_blocks(cfg, num_splits * y * batch,
-                                                     num_sms(cp.cuda.Device().id)),
+                                                     num_sms(cp.cuda.Device().id), kv_bytes),
                                TUNING["default"])
     fn = kernel(*name, defines)
     if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:

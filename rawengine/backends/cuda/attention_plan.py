@@ -44,10 +44,21 @@ TUNING = {
                     # same call: 0.8-2.3% faster than 'cuda_core' on 32/8 from 1 GB of K/V up,
                     # even at 0.5 GB, 1% slower for MHA and up to 19% slower on small steps)
                     bulk_groups=(2, 4), bulk_min_kv_mb=1000,
+                    # ... and from bulk_one_wave_min_kv_mb when every (sequence, head block)
+                    # has an SM of its own (units <= SMs, so the bulk plan's grid is one wave):
+                    # with mma_math, capped at one block per SM, 0.3-2% faster than 'cuda_core'
+                    # at B1 32/8 L64k-128k, B2-B16 at 0.27-1 GB (H100, session 22); at B32 L4k
+                    # (two waves) even, at B64 L1k 7% slower, at 134 MB mixed
+                    bulk_one_wave_min_kv_mb=256,
                     # ... with its math on tensor cores (mma_math, kernels_cu/
                     # decode_mma_step.cuh): 127 registers instead of 168 and ~50 W less at the
                     # same bytes; B8 32/8 L64k/L128k 0.5-1.8% faster (H100, session 21)
                     bulk_mma_math=1,
+                    # a one-wave mma_math grid leaves room for the next call's blocks (two fit
+                    # per SM) only from this step size up; below it, capped at one block per SM
+                    # (H100, session 22: B8 32/8 L16k 181.5 capped vs 182.8 us, B1 32/8 L64k
+                    # 93.5 vs 95.5; L64k the other way: 709.5 capped vs 705.4; L32k even)
+                    bulk_share_min_kv_mb=1500,
                     # where 'sync' runs the tensor-core kernel unasked (decode_attention with
                     # no config): a GQA group of >= mma_min_group heads and a step's K/V of
                     # <= mma_max_kv_mb (H100, session 4 grid: mma 5.0 vs 5.7 us at B1 32/8 1k,
@@ -167,16 +178,20 @@ def cap_blocks_smem(smem: int, max_blocks: int | None, tune: dict) -> int:
     return max(smem, per_sm - tune["smem_per_block_reserved"] + 16)
 
 
-def bulk_max_blocks(cfg: dict, blocks: int, num_sms: int) -> int | None:
+def bulk_max_blocks(cfg: dict, blocks: int, num_sms: int, kv_bytes: int = 0,
+                    tune: dict | None = None) -> int | None:
     """Blocks per SM to cap a bulk launch at: cfg's max_blocks when given; else 1 for an
-    mma_math build (127 registers, so two blocks fit) whose grid is more than one wave. Why
-    (H100, session 21): two blocks of one call on an SM read ~1% slower (B32 32/8 L16k 713.9
-    vs 707.9 us), but a one-wave grid gains from the next call's blocks landing early beside
-    it under programmatic launch (B8 32/8 L64k in order: 693 us, capped 698, the CUDA-core
-    build that cannot share an SM 702-706)."""
+    mma_math build (127 registers, so two blocks fit) whose grid is more than one wave, or
+    whose step moves less than bulk_share_min_kv_mb of K/V. Why (H100, sessions 21-22): two
+    blocks of one call on an SM read ~1% slower (B32 32/8 L16k 713.9 vs 707.9 us); a one-wave
+    grid of a long step gains from the next call's blocks landing early beside it under
+    programmatic launch (B8 32/8 L64k in order: 693 us, capped 698, the CUDA-core build that
+    cannot share an SM 702-706), but a shorter step loses by it (B8 32/8 L16k 182.8 us,
+    capped 181.5)."""
     if "max_blocks" in cfg or not cfg.get("mma_math"):
         return cfg.get("max_blocks")
-    return 1 if blocks > num_sms else None
+    share_min = (tune or TUNING["default"])["bulk_share_min_kv_mb"] * 1e6
+    return 1 if blocks > num_sms or kv_bytes < share_min else None
 
 
 def _check_mma_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
