@@ -178,8 +178,7 @@ def cap_blocks_smem(smem: int, max_blocks: int | None, tune: dict) -> int:
     return max(smem, per_sm - tune["smem_per_block_reserved"] + 16)
 
 
-def bulk_max_blocks(cfg: dict, blocks: int, num_sms: int, kv_bytes: int = 0,
-                    tune: dict | None = None) -> int | None:
+def bulk_max_blocks(cfg: dict, blocks: int, num_sms: int, kv_bytes: int) -> int | None:
     """Blocks per SM to cap a bulk launch at: cfg's max_blocks when given; else 1 for an
     mma_math build (127 registers, so two blocks fit) whose grid is more than one wave, or
     whose step moves less than bulk_share_min_kv_mb of K/V. Why (H100, sessions 21-22): two
@@ -190,8 +189,8 @@ def bulk_max_blocks(cfg: dict, blocks: int, num_sms: int, kv_bytes: int = 0,
     capped 181.5)."""
     if "max_blocks" in cfg or not cfg.get("mma_math"):
         return cfg.get("max_blocks")
-    share_min = (tune or TUNING["default"])["bulk_share_min_kv_mb"] * 1e6
-    return 1 if blocks > num_sms or kv_bytes < share_min else None
+    small = kv_bytes < TUNING["default"]["bulk_share_min_kv_mb"] * 1e6
+    return 1 if blocks > num_sms or small else None
 
 
 def _check_mma_config(head_dim: int, group: int, cfg: dict, tune: dict) -> int:
