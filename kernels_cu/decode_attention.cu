@@ -354,6 +354,27 @@ __device__ __forceinline__ void attend_chunk(const QRegs& qf, WaitFn wait_fn,
     };
     (void)use_step;
 #endif
+#if BULK
+    // The math of the ring slot `slot` holding the warp tile at token t0 (K rows [TILE][D], then
+    // V rows; rows past `end` were never copied), shared by the static and DYN ring loops.
+    auto use_slot = [&](const dtype_t* slot, int t0) {
+#if MMA_MATH
+        mma_step(slot, min(TILE_U, end - t0), qf, st);
+#else
+        const dtype_t* rows = slot + dvec * VEC;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int r = u * TOK_PER_LOAD + sub;
+            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+            if (t0 + r < end) {
+                kr[u] = *reinterpret_cast<const uint4*>(rows + r * HEAD_DIM);
+                vr[u] = *reinterpret_cast<const uint4*>(rows + (TILE + r) * HEAD_DIM);
+            }
+        }
+        use_step(t0);
+#endif
+    };
+#endif
 #if DYN
     // The warp's ring (as below), filled with the tiles it claims: ph.front, its first BULK fills
     // are its tiles of [0, k0) (warp + j * NUM_WARPS), then lane 0 claims CLAIM tiles at a time
@@ -440,21 +461,7 @@ __device__ __forceinline__ void attend_chunk(const QRegs& qf, WaitFn wait_fn,
         const int slot = ph.ci % BULK;
         const int t0 = (ph.tile0 + next[0]) * TILE;
         mbar_wait(bars + slot, (ph.ci / BULK) & 1);
-#if MMA_MATH
-        mma_step(ring + slot * BULK_SLOT, min(TILE, end - t0), qf, st);
-#else
-        const dtype_t* rows = ring + slot * BULK_SLOT + dvec * VEC;
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int r = u * TOK_PER_LOAD + sub;
-            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);  // rows past `end` were never copied
-            if (t0 + r < end) {
-                kr[u] = *reinterpret_cast<const uint4*>(rows + r * HEAD_DIM);
-                vr[u] = *reinterpret_cast<const uint4*>(rows + (TILE + r) * HEAD_DIM);
-            }
-        }
-        use_step(t0);
-#endif
+        use_slot(ring + slot * BULK_SLOT, t0);
         ++ph.tiles;
         __syncwarp();  // every lane has used the slot: refill it
         const int tn = tile_ahead;
@@ -527,21 +534,7 @@ __device__ __forceinline__ void attend_chunk(const QRegs& qf, WaitFn wait_fn,
         const int t0 = t_first + i * STEP_U;
         mbar_wait(bars + i % BULK, (i / BULK) & 1);
         if (i == 0) AO_STAMP(6);  // warp 0's first tile landed
-#if MMA_MATH
-        mma_step(ring + (i % BULK) * BULK_SLOT, min(TILE_U, end - t0), qf, st);
-#else
-        const dtype_t* slot = ring + (i % BULK) * BULK_SLOT + dvec * VEC;
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int r = u * TOK_PER_LOAD + sub;
-            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);  // rows past `end` were never copied
-            if (t0 + r < end) {
-                kr[u] = *reinterpret_cast<const uint4*>(slot + r * HEAD_DIM);
-                vr[u] = *reinterpret_cast<const uint4*>(slot + (TILE + r) * HEAD_DIM);
-            }
-        }
-        use_step(t0);
-#endif
+        use_slot(ring + (i % BULK) * BULK_SLOT, t0);
         if (i == n_tiles - 1) AO_STAMP(7);  // warp 0's last tile computed
         __syncwarp();  // every lane has used the slot: refill it
         if (i + BULK < n_tiles) {
