@@ -15,7 +15,7 @@ from .backends import make_backend
 from .backends.base import StepMeta
 from .config import ModelConfig
 from .errors import RawEngineError
-from .kv_cache import KVCache
+from .kv_cache import BlockTable, KVCache
 from .models import load_model
 from .sampling import SamplingParams, sample
 
@@ -29,7 +29,7 @@ class Sequence:
     index: int = 0  # position in the request list
     num_prompt: int = 0
     num_cached: int = 0  # tokens whose K/V are already in the cache
-    block_table: list[int] = dataclasses.field(default_factory=list)
+    block_table: BlockTable = dataclasses.field(default_factory=BlockTable)
     finished: bool = False  # set by the engine (EOS, max tokens) or the caller (stop string)
     finish_reason: str | None = None
     rng: np.random.Generator | None = None
@@ -103,9 +103,13 @@ class Engine:
         ~0.5 ms a step on the host."""
         bs, b = self.block_size, len(seqs)
         tables = np.zeros((b, self.max_blocks_per_seq), np.int32)
+        # A decode step's tables are in visit order (kv_cache.visit_order): only attention reads
+        # them, and the slot of each new key is in the last block, which is last in both orders.
+        decode = max(counts) == 1
         for i, (s, n) in enumerate(zip(seqs, counts)):
             self.kv.reserve(s.block_table, s.num_cached + n)
-            tables[i, :len(s.block_table)] = s.block_table
+            t = s.block_table
+            tables[i, :len(t)] = t.visit if decode else t.blocks
         n_new = np.asarray(counts, np.int32)
         starts = np.asarray([s.num_cached for s in seqs], np.int32)
         qstart = np.zeros(b + 1, np.int32)

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Decode attention: rawengine (sync, async, mma) vs torch SDPA FLASH_ATTENTION, graph-timed.
 
-    PYTHONPATH=. python3 tools/bench_attention.py [--quick] [--sweep] [--out DIR]
+    PYTHONPATH=. python3 tools/bench_attention.py [--quick] [--sweep] [--tables T] [--out DIR]
 
 fp16, head_dim 128, B x (Hq, Hkv) x L; cases whose K+V exceed 40 GB are skipped. Ours reads a
-paged cache (block_size 16, pages in shuffled order, tables read on the device); torch reads
+paged cache (block_size 16, pages scattered over the pool in random order, tables read on the
+device, in the order the engine hands a decode step: kv_cache.visit_order; --tables position
+gives them in position order instead); torch reads
 contiguous [B, Hkv, L, D] K/V with a [B, Hq, 1, D] query (enable_gqa). Both are timed as
 CUDA-graph replays of N >= 20 back-to-back calls, median of 7 replays; the K/V of small cases
 stays in L2 across the calls for both. 'sync' and 'async' run the default rule
@@ -33,6 +35,7 @@ import cupy as cp
 import numpy as np
 
 from rawengine.backends.cuda import attention as attn
+from rawengine.kv_cache import visit_order
 
 D = 128
 GRID_B = (1, 8, 32, 64)
@@ -136,16 +139,26 @@ def fill_random(a):
     return a
 
 
-class Paged:
-    """One bucket of our paged cache: every sequence of length `length`, shuffled pages."""
+# The tables decode attention gets: 'visit', what the engine passes a decode step
+# (kv_cache.visit_order of each row: ascending page id, the newest page last), or 'position',
+# the rows in position order (the grid's tables before session 24).
+TABLES = "visit"
 
-    def __init__(self, b, hq, hkv, length, bs=16, seed=0):
+
+class Paged:
+    """One bucket of our paged cache: every sequence of length `length`, its pages scattered
+    over the pool in random order (a fragmented pool), tables as TABLES says."""
+
+    def __init__(self, b, hq, hkv, length, bs=16, seed=0, tables=None):
         pages = -(-length // bs)
         nb = b * pages
         rng = np.random.default_rng(seed)
         self.k = fill_random(cp.empty((nb, hkv, bs, D), cp.float16))
         self.v = fill_random(cp.empty((nb, hkv, bs, D), cp.float16))
-        self.tables = cp.asarray(rng.permutation(nb).astype(np.int32).reshape(b, pages))
+        rows = rng.permutation(nb).astype(np.int32).reshape(b, pages)
+        if (tables or TABLES) == "visit":
+            rows = np.array([visit_order(r.tolist()) for r in rows], np.int32).reshape(b, pages)
+        self.tables = cp.asarray(rows)
         self.seq_lens = cp.full(b, length, cp.int32)
         self.q = cp.asarray(rng.standard_normal((b, hq, D)).astype(np.float16))
         self.out = cp.empty((b, hq * D), cp.float16)
@@ -309,8 +322,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="7 cases instead of the full grid")
     ap.add_argument("--sweep", action="store_true", help="also sweep shapes / splits / pages")
     ap.add_argument("--no-grid", action="store_true", help="skip the torch comparison grid")
+    ap.add_argument("--tables", choices=("visit", "position"), default=TABLES,
+                    help="decode tables: the engine's visit order (default) or position order")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
+    globals()["TABLES"] = args.tables
     os.makedirs(args.out, exist_ok=True)
     lines = []
 

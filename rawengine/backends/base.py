@@ -9,7 +9,9 @@ The paged KV cache of one layer is a pair (k_cache, v_cache), each
   [NB, Hkv, BS, D]
 so one block of one KV head is BS*D contiguous elements. A token at position p of a
 sequence lives in block block_table[p // BS] at offset p % BS; its "slot" is
-block_id * BS + p % BS.
+block_id * BS + p % BS. A decode step (one query token per sequence, which attends to every
+key) may pass its tables in any order whose last block is the newest one: the engine passes
+the address order of kv_cache.visit_order.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import cupy as cp  # noqa: E402
 
 from rawengine.backends.cuda.attention import decode_attention, get_workspace  # noqa: E402
 from rawengine.backends.cuda.attention_plan import STEAL_EXTRA  # noqa: E402
+from rawengine.kv_cache import visit_order  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 LENS = [1, 7, 97, 1025, 4099]
@@ -451,6 +452,27 @@ def test_split_matches_single_split(splits, impl):
     check(case, one, scale, FLOOR["fp16"])
     check(case, many, scale, FLOOR["fp16"])
     assert np.abs(one - many).max() <= 2e-3
+
+
+@pytest.mark.parametrize("variant,impl", VARIANT_IMPLS)
+@pytest.mark.parametrize("bs", [1, 16])
+def test_visit_order_tables_match_reference(variant, impl, bs):
+    """The engine hands decode steps their tables in kv_cache.visit_order (ascending block id,
+    the newest block last): every kernel must give the position-order result."""
+    needs_sm90(impl)
+    rng = np.random.default_rng(11 + bs)
+    case = Case(rng, [4099, 1, 97, 1025, 17], 32, 8, 128, bs, "fp16")
+    tables = case.tables.get()
+    for b, n in enumerate(case.lens):
+        pages = -(-n // bs)
+        tables[b, :pages] = visit_order(tables[b, :pages].tolist())
+    assert (tables != case.tables.get()).any()  # the orders differ, so the test can fail
+    case.tables = cp.asarray(tables)
+    scale = 128 ** -0.5
+    for num_splits in (None, 7):
+        out = case.run(scale, variant=variant, phi=0.0 if variant == "async" else None,
+                       num_splits=num_splits, config=IMPL_CONFIGS[impl])
+        check(case, out, scale, FLOOR["fp16"])
 
 
 def _big(sign, outlier=None):
