@@ -157,7 +157,7 @@ class Paged:
         self.v = fill_random(cp.empty((nb, hkv, bs, D), cp.float16))
         rows = rng.permutation(nb).astype(np.int32).reshape(b, pages)
         if (tables or TABLES) == "visit":
-            rows = np.array([visit_order(r.tolist()) for r in rows], np.int32).reshape(b, pages)
+            rows = np.array([visit_order(r.tolist()) for r in rows], np.int32)
         self.tables = cp.asarray(rows)
         self.seq_lens = cp.full(b, length, cp.int32)
         self.q = cp.asarray(rng.standard_normal((b, hq, D)).astype(np.float16))
@@ -318,6 +318,7 @@ def sweep(log):
 
 
 def main():
+    global TABLES
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="7 cases instead of the full grid")
     ap.add_argument("--sweep", action="store_true", help="also sweep shapes / splits / pages")
@@ -326,7 +327,7 @@ def main():
                     help="decode tables: the engine's visit order (default) or position order")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
-    globals()["TABLES"] = args.tables
+    TABLES = args.tables  # Paged's default
     os.makedirs(args.out, exist_ok=True)
     lines = []
 
